@@ -1,0 +1,281 @@
+"""Typed run configuration: YAML files, ``--set a.b=c`` overrides and clear errors.
+
+A run is described by one :class:`Config`. Every section forbids unknown keys, so a typo in a YAML
+file or an override is rejected with the dotted key that is wrong instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration file, key or value is wrong; the message names it and says what to fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+DatasetName = Literal[
+    "synthetic", "msrvtt", "msvd", "lsmdc", "didemo", "activitynet", "youcook2", "custom"
+]
+
+
+class DataConfig(_Section):
+    """Where the annotations and videos are and how clips and captions are sampled."""
+
+    dataset: DatasetName = "synthetic"
+    root: Path = Path("data/synthetic")
+    """Folder holding the dataset's annotation files."""
+    video_dir: Path | None = None
+    """Folder holding the video files; defaults to ``root/videos``."""
+    annotation: Path | None = None
+    """Annotation file for the ``custom`` reader (CSV or JSONL)."""
+    train_split: str = "train"
+    val_split: str | None = None
+    """Split used to pick the best checkpoint; ``None`` falls back to the test split."""
+    test_split: str = "test"
+    num_frames: int = Field(12, ge=1)
+    max_words: int = Field(32, ge=3)
+    image_size: int = Field(224, ge=8)
+    fps: float = Field(1.0, gt=0)
+    window: tuple[float, float] | None = None
+    """Fixed decoding window in seconds (e.g. DiDeMo's 0-31 s); per-record windows take precedence."""
+    expand_sentences: bool = True
+    """Training iterates over every (video, caption) pair rather than one random caption per video."""
+    frame_cache: Path | None = None
+    """Folder for a uint8 cache of decoded, resized frames (decode each video once)."""
+    num_workers: int = Field(2, ge=0)
+
+
+class ClipArch(_Section):
+    """Shape of a CLIP model trained from scratch (the demo's tiny backbone)."""
+
+    embed_dim: int = 512
+    image_size: int = 224
+    patch_size: int = 32
+    vision_width: int = 768
+    vision_layers: int = 12
+    vision_heads: int = 12
+    text_width: int = 512
+    text_layers: int = 12
+    text_heads: int = 8
+    context_length: int = 77
+    vocab_size: int = 49408
+
+
+class BackboneConfig(_Section):
+    """The CLIP towers: a checkpoint to load, or an architecture to initialise randomly."""
+
+    checkpoint: Path | None = None
+    """OpenAI ``.pt`` (TorchScript or state dict), open_clip state dict, or a Hugging Face folder."""
+    arch: ClipArch | None = None
+    """Used when ``checkpoint`` is None: a randomly initialised CLIP of this shape."""
+    tokenizer: Path | None = None
+    """BPE vocabulary file or HF tokenizer folder; defaults to the vendored CLIP vocabulary."""
+    grad_checkpointing: bool = False
+
+
+XClipAggregation = Literal["attention", "mean-mean", "mean-max", "max-mean", "max-max"]
+
+
+class XClipConfig(_Section):
+    """Switches of the X-CLIP head (SPEC §1); defaults reproduce the released code."""
+
+    video_sentence: bool = True
+    video_word: bool = True
+    sentence_frame: bool = True
+    frame_word: bool = True
+    aggregation: XClipAggregation = "attention"
+    tau: float = Field(0.01, gt=0)
+    mask_padding: bool = False
+    frames_after_temporal: bool = False
+
+
+class Clip2TVConfig(_Section):
+    """Switches of CLIP2TV (SPEC §2)."""
+
+    vtm: bool = True
+    vtm_layers: int = 4
+    vtm_heads: int = 8
+    w_vtm: float = 1.0
+    sd: bool = False
+    sd_alpha: float = Field(0.4, ge=0, le=1)
+    sd_tau: float | None = None
+    """Teacher softmax temperature; ``None`` uses the student's own 1/λ."""
+    teacher: Literal["ema", "frozen"] = "ema"
+    teacher_checkpoint: Path | None = None
+    ema_momentum: float = Field(0.995, ge=0, le=1)
+    rerank_k: int = Field(16, ge=1)
+    w_rr: float = 1.0
+
+
+class VideoClipConfig(_Section):
+    """VideoCLIP (SPEC §3): dual transformers over per-second video tokens."""
+
+    features: Path = Path("data/synthetic/features")
+    """Folder written by ``vtrkit features`` (one float16 array per video plus index.json)."""
+    d_in: int = 512
+    video_layers: int = 6
+    text_encoder: Path | None = None
+    """Local Hugging Face encoder folder; None builds a small random BERT (tests, demo)."""
+    hidden: int = 768
+    heads: int = 12
+    text_layers: int = 12
+    max_video_tokens: int = 32
+    max_text_tokens: int = 61
+    shared: bool = False
+    gather: bool = False
+    aligned: bool = False
+    """Video clip takes exactly the text span (ablation: no overlap)."""
+    retrieval_augment: bool = True
+    cluster_k: int = 32
+    pairs_per_video: int = 16
+    text_to_video_only: bool = False
+    """Fine-tuning loss direction (published fine-tuning uses text->video only)."""
+
+
+ModelKind = Literal["meanP", "seqTransf", "xclip", "clip2tv", "videoclip"]
+
+
+class ModelConfig(_Section):
+    kind: ModelKind = "xclip"
+    backbone: BackboneConfig = BackboneConfig()
+    temporal: bool = True
+    """Use the temporal transformer (meanP ignores this: it has none)."""
+    temporal_layers: int = Field(4, ge=0)
+    xclip: XClipConfig = XClipConfig()
+    clip2tv: Clip2TVConfig = Clip2TVConfig()
+    videoclip: VideoClipConfig = VideoClipConfig()
+
+
+class OptimConfig(_Section):
+    """SPEC §0 reference recipe."""
+
+    lr_backbone: float = 1e-7
+    lr_new: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    weight_decay: float = 0.2
+    clip_grad: float = 1.0
+    warmup: float = Field(0.1, ge=0, le=1)
+
+
+class TrainConfig(_Section):
+    output_dir: Path = Path("runs/default")
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(128, ge=1)
+    """Global batch size, whatever the number of processes."""
+    grad_accum: int = Field(1, ge=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    seed: int = 42
+    max_steps: int | None = None
+    time_budget_s: float | None = None
+    """Stop training (and still evaluate) once this many seconds have passed."""
+    eval_every_epoch: bool = True
+    log_every: int = 10
+    max_train_videos: int | None = None
+
+
+class EvalConfig(_Section):
+    text_block: int = Field(256, ge=1)
+    """Texts scored against all videos at once; results do not depend on it."""
+    video_batch: int = Field(32, ge=1)
+    dsl: bool = True
+    qb_norm: bool = False
+
+
+class Config(_Section):
+    """One run: data, model, optimisation, training and evaluation."""
+
+    name: str = "run"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    reference: dict[str, Any] = Field(default_factory=dict)
+    """Published numbers for this recipe (informational; printed beside our results)."""
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "<root>"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (check the spelling; see vtrkit/config.py)")
+        else:
+            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b=c`` into (["a", "b"], value), the value parsed as YAML (so 3, true, [1,2] work)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=c`` overrides to a nested dict (in place) and return it."""
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        data = loaded
+    if overrides:
+        apply_overrides(data, overrides)
+        source += " with overrides " + " ".join(overrides)
+    return config_from_dict(data, source)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write ``cfg`` as YAML; ``load_config`` of the result gives back an equal config."""
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

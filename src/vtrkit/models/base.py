@@ -1,0 +1,109 @@
+"""Feature containers and the interface every retrieval model implements.
+
+Shapes: T texts, V videos, Nw word slots, Nf frame slots, D embedding width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class TextFeatures:
+    """Encoded texts.
+
+    sentence: [T, D] L2-normalised sentence features (end-token state, projected).
+    words:    [T, Nw, D] L2-normalised projected features at every position.
+    mask:     [T, Nw] bool, True at real tokens (start and end tokens included).
+    """
+
+    sentence: Tensor
+    words: Tensor
+    mask: Tensor
+
+    def __len__(self) -> int:
+        return self.sentence.shape[0]
+
+    def slice(self, start: int, stop: int) -> TextFeatures:
+        return TextFeatures(
+            self.sentence[start:stop], self.words[start:stop], self.mask[start:stop]
+        )
+
+    def to(self, device: torch.device | str) -> TextFeatures:
+        return TextFeatures(self.sentence.to(device), self.words.to(device), self.mask.to(device))
+
+    @staticmethod
+    def cat(parts: list[TextFeatures]) -> TextFeatures:
+        return TextFeatures(
+            torch.cat([p.sentence for p in parts]),
+            torch.cat([p.words for p in parts]),
+            torch.cat([p.mask for p in parts]),
+        )
+
+
+@dataclass
+class VideoFeatures:
+    """Encoded videos, computed once per video and reused against every text block.
+
+    video:  [V, D] L2-normalised pooled video feature.
+    frames: [V, Nf, D] L2-normalised per-frame features the model's head uses.
+    mask:   [V, Nf] bool, True at real frames.
+    """
+
+    video: Tensor
+    frames: Tensor
+    mask: Tensor
+
+    def __len__(self) -> int:
+        return self.video.shape[0]
+
+    def slice(self, start: int, stop: int) -> VideoFeatures:
+        return VideoFeatures(self.video[start:stop], self.frames[start:stop], self.mask[start:stop])
+
+    def to(self, device: torch.device | str) -> VideoFeatures:
+        return VideoFeatures(self.video.to(device), self.frames.to(device), self.mask.to(device))
+
+    @staticmethod
+    def cat(parts: list[VideoFeatures]) -> VideoFeatures:
+        return VideoFeatures(
+            torch.cat([p.video for p in parts]),
+            torch.cat([p.frames for p in parts]),
+            torch.cat([p.mask for p in parts]),
+        )
+
+
+class RetrievalModel(nn.Module):
+    """Interface shared by CLIP4Clip, X-CLIP and CLIP2TV.
+
+    Batches are dicts with ``frames`` [B, Nf, 3, S, S] float, ``video_mask`` [B, Nf] bool,
+    ``input_ids`` [B, Nw] long, ``text_mask`` [B, Nw] bool and ``caption_key`` [B] long (equal
+    keys mean identical captions).
+    """
+
+    logit_scale: nn.Parameter
+
+    def encode_text(self, input_ids: Tensor, text_mask: Tensor) -> TextFeatures:
+        raise NotImplementedError
+
+    def encode_video(self, frames: Tensor, video_mask: Tensor) -> VideoFeatures:
+        raise NotImplementedError
+
+    def similarity(self, text: TextFeatures, video: VideoFeatures) -> Tensor:
+        """Logits [T, V], already multiplied by λ = exp(logit_scale)."""
+        raise NotImplementedError
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Training step outputs; always contains ``loss`` (scalar) and ``logits`` [B, B]."""
+        raise NotImplementedError
+
+    def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(backbone parameters, new parameters), trained at the two learning rates of SPEC §0."""
+        raise NotImplementedError
+
+    def clamp_logit_scale(self, max_value: float = 4.6052) -> None:
+        """Clamp logit_scale to at most ln(100), called after every optimiser step."""
+        with torch.no_grad():
+            self.logit_scale.clamp_(max=max_value)
