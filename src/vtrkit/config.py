@@ -179,6 +179,8 @@ class TrainConfig(_Section):
     """Stop training (and still evaluate) once this many seconds have passed."""
     eval_every_epoch: bool = True
     log_every: int = 10
+    checkpoint_every: int | None = None
+    """Also write ``last/`` every this many steps (mid-epoch resume); epochs always checkpoint."""
     max_train_videos: int | None = None
 
 
@@ -187,7 +189,15 @@ class EvalConfig(_Section):
     """Texts scored against all videos at once; results do not depend on it."""
     video_batch: int = Field(32, ge=1)
     dsl: bool = True
+    dsl_temperature: float = Field(100.0, gt=0)
+    """DSL softmax temperature on cosine-scale scores (logits are divided by λ first)."""
     qb_norm: bool = False
+    qb_beta: float = Field(20.0, gt=0)
+    """QB-Norm inverse temperature on cosine-scale scores."""
+    qb_k: int = Field(1, ge=1)
+    """A gallery item joins QB-Norm's activation set when it is in some bank query's top-k."""
+    subsets: Path | None = None
+    """JSON file {subset name: [video ids]} scored separately (e.g. the synthetic subsets.json)."""
 
 
 class Config(_Section):
