@@ -33,7 +33,7 @@ def test_bad_literal_named():
 
 def test_missing_file_named(tmp_path):
     missing = tmp_path / "nope.yaml"
-    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+    with pytest.raises(ConfigError, match=r"config file not found: .*nope\.yaml"):
         load_config(missing)
 
 
