@@ -1,0 +1,152 @@
+"""From a Config to a trained and evaluated model: the glue behind ``vtrkit train`` and ``eval``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vtrkit.config import Config
+from vtrkit.data.datasets import read_dataset
+from vtrkit.data.records import VideoRecord
+from vtrkit.eval.evaluate import evaluate
+from vtrkit.eval.report import format_results
+from vtrkit.models.build import build_model
+from vtrkit.train.checkpoint import load_checkpoint_config, load_weights, resolve_checkpoint
+from vtrkit.train.distributed import DistInfo, cleanup, setup
+from vtrkit.train.loop import FitResult, fit, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def load_subsets(cfg: Config) -> dict[str, list[str]]:
+    """Named test subsets (``subsets.json`` beside the annotations, written by the synthetic set)."""
+    path = Path(cfg.data.root) / "subsets.json"
+    if not path.is_file():
+        return {}
+    return {k: list(v) for k, v in json.loads(path.read_text()).items()}
+
+
+def eval_split(cfg: Config) -> str:
+    """Validation split for checkpoint selection; the test split only when there is none."""
+    return cfg.data.val_split or cfg.data.test_split
+
+
+def make_train_dataset(cfg: Config, tokenizer: Any, records: list[VideoRecord]):
+    from vtrkit.data.dataset import VideoTextDataset, collate
+
+    dataset = VideoTextDataset(
+        records,
+        tokenizer,
+        num_frames=cfg.data.num_frames,
+        max_words=cfg.data.max_words,
+        image_size=cfg.data.image_size,
+        fps=cfg.data.fps,
+        mode="pairs" if cfg.data.expand_sentences else "videos_with_caption",
+        window=cfg.data.window,
+        cache_dir=cfg.data.frame_cache,
+    )
+    return dataset, collate
+
+
+def run_evaluation(
+    cfg: Config,
+    model: nn.Module,
+    tokenizer: Any,
+    records: list[VideoRecord],
+    device: torch.device,
+    subsets: dict[str, list[str]] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    return evaluate(
+        model,
+        records,
+        tokenizer,
+        cfg.data,
+        cfg.eval,
+        device=device,
+        subsets=subsets or {},
+        progress=progress,
+    )
+
+
+def train_run(
+    cfg: Config,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    info: DistInfo | None = None,
+) -> FitResult:
+    """Train as ``cfg`` says (one process, or one of many under torchrun)."""
+    own_group = info is None
+    info = info or setup(device)
+    try:
+        seed_everything(cfg.train.seed)
+        model, tokenizer = build_model(cfg.model, cfg.data)
+        train_records = read_dataset(cfg.data, cfg.data.train_split)
+        if cfg.train.max_train_videos is not None:
+            train_records = train_records[: cfg.train.max_train_videos]
+        dataset, collate = make_train_dataset(cfg, tokenizer, train_records)
+        split = eval_split(cfg)
+        eval_records = read_dataset(cfg.data, split)
+        subsets = load_subsets(cfg) if split == cfg.data.test_split else {}
+        log.info(
+            "training %s on %d videos (%d pairs); selecting on split %r (%d videos)",
+            cfg.model.kind,
+            len(train_records),
+            len(dataset),
+            split,
+            len(eval_records),
+        )
+
+        def evaluate_fn(m: nn.Module) -> dict[str, Any]:
+            return run_evaluation(cfg, m, tokenizer, eval_records, info.device, subsets, progress)
+
+        result = fit(
+            cfg,
+            model,
+            dataset,
+            collate,
+            info,
+            evaluate_fn=evaluate_fn,
+            resume=resume,
+            progress=progress,
+        )
+        del model
+        return result
+    finally:
+        if own_group:
+            cleanup()
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    split: str | None = None,
+    overrides_cfg: Config | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    output: Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint folder (or run folder) on a split; print and optionally save JSON."""
+    folder = resolve_checkpoint(checkpoint)
+    cfg = overrides_cfg or load_checkpoint_config(folder)
+    info = setup(device)
+    model, tokenizer = build_model(cfg.model, cfg.data)
+    load_weights(model, folder)
+    model.to(info.device).eval()
+    split = split or cfg.data.test_split
+    records = read_dataset(cfg.data, split)
+    subsets = load_subsets(cfg) if split == cfg.data.test_split else {}
+    with torch.no_grad():
+        results = run_evaluation(cfg, model, tokenizer, records, info.device, subsets, progress)
+    results["checkpoint"] = str(folder)
+    results["split"] = split
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(results, indent=2))
+    log.info("\n%s", format_results(results, title=f"{cfg.name} on {split}"))
+    return results
