@@ -67,6 +67,10 @@ class ClipArch(_Section):
     text_heads: int = 8
     context_length: int = 77
     vocab_size: int = 49408
+    vision_mlp_dim: int | None = None
+    """Hidden width of the vision MLPs; None means 4 x vision_width (every OpenAI model)."""
+    text_mlp_dim: int | None = None
+    """Hidden width of the text MLPs; None means 4 x text_width."""
 
 
 class BackboneConfig(_Section):
@@ -79,6 +83,15 @@ class BackboneConfig(_Section):
     tokenizer: Path | None = None
     """BPE vocabulary file or HF tokenizer folder; defaults to the vendored CLIP vocabulary."""
     grad_checkpointing: bool = False
+    hidden_act: Literal["quick_gelu", "gelu"] = "quick_gelu"
+    """MLP activation when vtrkit builds the towers (``arch`` or an OpenAI/open_clip state dict,
+    which does not record it): OpenAI uses quick_gelu; open_clip LAION models whose name lacks
+    ``-quickgelu`` use gelu. Hugging Face folders carry their own in config.json."""
+    vision_heads: int | None = None
+    """Vision attention heads of an OpenAI/open_clip state dict; None: width // 64 as in OpenAI's
+    build_model (open_clip ViT-H/14, ViT-g/14 and ViT-bigG/14 need 16)."""
+    text_heads: int | None = None
+    """Text attention heads of an OpenAI/open_clip state dict; None: width // 64."""
 
 
 XClipAggregation = Literal["attention", "mean-mean", "mean-max", "max-mean", "max-max"]
@@ -138,6 +151,21 @@ class VideoClipConfig(_Section):
     pairs_per_video: int = 16
     text_to_video_only: bool = False
     """Fine-tuning loss direction (published fine-tuning uses text->video only)."""
+    tokenizer: Path | None = None
+    """HF tokenizer folder; default: the text encoder's folder, else a word vocabulary built
+    from the training captions and saved as <output_dir>/tokenizer."""
+    video_init_from_text: bool = True
+    """Copy the text BERT's embeddings and first layers into the video BERT (as published)."""
+    text_clip_tokens: tuple[int, int] = (8, 64)
+    """Range of the target text-clip length in tokens (overlapping sampler)."""
+    min_video_seconds: int = Field(3, ge=1)
+    """Shortest video clip; the longest is max_video_tokens."""
+    eval_mode: Literal["segment", "video", "paragraph"] = "segment"
+    """Zero-shot retrieval: annotated segments; the first max_video_tokens seconds against each
+    caption ("video") or against the joined narration of those seconds ("paragraph")."""
+    loc_window: int = Field(32, ge=1)
+    loc_stride: int = Field(16, ge=1)
+    """Sliding window (seconds) and stride for step localisation."""
 
 
 ModelKind = Literal["meanP", "seqTransf", "xclip", "clip2tv", "videoclip"]
@@ -149,6 +177,8 @@ class ModelConfig(_Section):
     temporal: bool = True
     """Use the temporal transformer (meanP ignores this: it has none)."""
     temporal_layers: int = Field(4, ge=0)
+    temporal_heads: int = Field(8, ge=1)
+    """Attention heads of the temporal encoder; must divide the embedding width."""
     xclip: XClipConfig = XClipConfig()
     clip2tv: Clip2TVConfig = Clip2TVConfig()
     videoclip: VideoClipConfig = VideoClipConfig()

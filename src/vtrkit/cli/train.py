@@ -29,7 +29,7 @@ def train(
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
 ) -> None:
     """Train a model; launch with ``torchrun --nproc-per-node N`` for several processes."""
-    from vtrkit.eval.report import format_results
+    from vtrkit.eval.report import format_results_table
     from vtrkit.train.pipeline import train_run
 
     try:
@@ -38,7 +38,7 @@ def train(
         _fail(str(exc))
     result = train_run(cfg, resume=resume, device=device)
     if result.last_eval is not None and int(os.environ.get("RANK", "0")) == 0:
-        typer.echo(format_results(result.last_eval, title=f"{cfg.name}: final evaluation"))
+        typer.echo(format_results_table(result.last_eval, title=f"{cfg.name}: final evaluation"))
         typer.echo(f"run folder: {result.run_dir}  (best checkpoint: {result.run_dir / 'best'})")
 
 
@@ -51,7 +51,7 @@ def evaluate(
     device: str = typer.Option(None, help="cpu or cuda."),
 ) -> None:
     """Evaluate a checkpoint: R@1/5/10, MdR, MnR in both directions, raw and DSL (labelled)."""
-    from vtrkit.eval.report import format_results
+    from vtrkit.eval.report import format_results_table
     from vtrkit.train.checkpoint import load_checkpoint_config
     from vtrkit.train.pipeline import evaluate_checkpoint
 
@@ -68,7 +68,7 @@ def evaluate(
         results = evaluate_checkpoint(checkpoint, split, cfg, device=device, output=output)
     except (ConfigError, FileNotFoundError) as exc:
         _fail(str(exc))
-    typer.echo(format_results(results, title=f"{checkpoint} on {results['split']}"))
+    typer.echo(format_results_table(results, title=f"{checkpoint} on {results['split']}"))
     if output is not None:
         typer.echo(f"results written to {output}")
 

@@ -94,17 +94,19 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     }
 
 
-def _equalize(batch: dict[str, Any], info: DistInfo) -> dict[str, Any]:
-    """Cut every process's batch to the smallest one.
+def _equalize(batch: dict[str, Any] | None, info: DistInfo) -> dict[str, Any] | None:
+    """Cut every process's batch to the smallest one; None when any process has nothing.
 
-    A video that fails to decode is dropped by the collate function, and the feature gather needs
-    equal sizes on every process.
+    A video that fails to decode is dropped by the collate function (a batch whose every video
+    failed arrives as None), and the feature gather needs equal sizes on every process.
     """
     if not info.enabled:
         return batch
-    size = torch.tensor([len(batch["input_ids"])], device=info.device)
+    size = torch.tensor([0 if batch is None else len(batch["input_ids"])], device=info.device)
     dist.all_reduce(size, op=dist.ReduceOp.MIN)
     n = int(size.item())
+    if n == 0 or batch is None:
+        return None
     return {k: v[:n] for k, v in batch.items()}
 
 
@@ -218,7 +220,10 @@ def fit(
             window_clips, window_start = 0, time.perf_counter()
             micro = 0
             for batch in loader:
-                batch = _equalize(_to_device(batch, info.device), info)
+                batch = _equalize(None if batch is None else _to_device(batch, info.device), info)
+                if batch is None:
+                    log.warning("skipping a batch in which every video failed to decode")
+                    continue
                 sync = (micro + 1) % cfg.train.grad_accum == 0
                 ctx = wrapped.no_sync() if info.enabled and not sync else nullcontext()
                 with ctx, _autocast(cfg.train.precision, info.device):

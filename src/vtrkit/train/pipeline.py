@@ -13,8 +13,9 @@ from torch import nn
 from vtrkit.config import Config
 from vtrkit.data.datasets import read_dataset
 from vtrkit.data.records import VideoRecord
-from vtrkit.eval.evaluate import evaluate
-from vtrkit.eval.report import format_results
+from vtrkit.eval.evaluate import evaluate, with_default_window
+from vtrkit.eval.evaluate import load_subsets as read_subsets_file
+from vtrkit.eval.report import format_results_table
 from vtrkit.models.build import build_model
 from vtrkit.train.checkpoint import load_checkpoint_config, load_weights, resolve_checkpoint
 from vtrkit.train.distributed import DistInfo, cleanup, setup
@@ -24,11 +25,10 @@ log = logging.getLogger(__name__)
 
 
 def load_subsets(cfg: Config) -> dict[str, list[str]]:
-    """Named test subsets (``subsets.json`` beside the annotations, written by the synthetic set)."""
-    path = Path(cfg.data.root) / "subsets.json"
-    if not path.is_file():
-        return {}
-    return {k: list(v) for k, v in json.loads(path.read_text()).items()}
+    """Named test subsets: ``eval.subsets`` if set, else ``subsets.json`` beside the annotations
+    (the synthetic benchmark writes one)."""
+    path = cfg.eval.subsets or Path(cfg.data.root) / "subsets.json"
+    return read_subsets_file(path) if Path(path).is_file() else {}
 
 
 def eval_split(cfg: Config) -> str:
@@ -46,9 +46,9 @@ def make_train_dataset(cfg: Config, tokenizer: Any, records: list[VideoRecord]):
         max_words=cfg.data.max_words,
         image_size=cfg.data.image_size,
         fps=cfg.data.fps,
-        mode="pairs" if cfg.data.expand_sentences else "videos_with_caption",
-        window=cfg.data.window,
-        cache_dir=cfg.data.frame_cache,
+        mode="pairs",
+        cache=cfg.data.frame_cache,
+        expand=cfg.data.expand_sentences,
     )
     return dataset, collate
 
@@ -87,7 +87,9 @@ def train_run(
     try:
         seed_everything(cfg.train.seed)
         model, tokenizer = build_model(cfg.model, cfg.data)
-        train_records = read_dataset(cfg.data, cfg.data.train_split)
+        train_records = with_default_window(
+            read_dataset(cfg.data, cfg.data.train_split), cfg.data.window
+        )
         if cfg.train.max_train_videos is not None:
             train_records = train_records[: cfg.train.max_train_videos]
         dataset, collate = make_train_dataset(cfg, tokenizer, train_records)
@@ -148,5 +150,5 @@ def evaluate_checkpoint(
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2))
-    log.info("\n%s", format_results(results, title=f"{cfg.name} on {split}"))
+    log.info("\n%s", format_results_table(results, title=f"{cfg.name} on {split}"))
     return results

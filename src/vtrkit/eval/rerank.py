@@ -1,0 +1,165 @@
+"""CLIP2TV inference (SPEC §2): rank by vta, then re-rank each query's top-K with the vtm head.
+
+Both numbers are always reported: ``raw`` (and the usual DSL/QB-Norm rows) come from the vta
+logits exactly as for any other model, ``rerank`` from the scores of :meth:`Clip2TV.rerank`
+(``vta_logit/λ + w_rr · p_match`` on the top-K, vta order below). Text→video re-ranks the top-K
+videos of every caption; video→text re-ranks the top-K captions of every video.
+
+Cost: T·K + V·K fusion-transformer pairs on top of the vta evaluation.
+
+Shapes: T texts (captions), V videos.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from vtrkit.config import DataConfig, EvalConfig
+from vtrkit.data.records import VideoRecord
+from vtrkit.eval.evaluate import (
+    IndexLike,
+    Tokenize,
+    encode_texts_with_index,
+    encode_videos_with_index,
+    evaluate_features,
+    load_subsets,
+    logit_scale_of,
+    model_device,
+    streamed_similarity,
+    subset_columns,
+)
+from vtrkit.eval.metrics import as_text_to_video, retrieval_metrics
+from vtrkit.models.base import TextFeatures, VideoFeatures
+from vtrkit.models.clip2tv import Clip2TV
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def rerank_results(
+    model: Clip2TV,
+    sim: Tensor,
+    text: TextFeatures,
+    video: VideoFeatures,
+    text_to_video: IndexLike,
+    k: int | None = None,
+    w_rr: float | None = None,
+    subsets: Mapping[str, IndexLike] | None = None,
+) -> dict[str, Any]:
+    """Metrics of the re-ranked scores.
+
+    Args:
+        model: a CLIP2TV model with its vtm head (``model.clip2tv.vtm: true``).
+        sim: [T, V] vta logits of ``text`` against ``video`` (e.g. ``streamed_similarity``).
+        text_to_video: [T] ground-truth video column of each caption.
+        k, w_rr: re-ranking depth and weight; None takes ``model.cfg.rerank_k`` / ``w_rr``.
+        subsets: name -> video columns scored separately (as in ``evaluate_features``).
+
+    Returns:
+        ``{"rerank": metrics (t2v/..., v2t/...), "rerank_k": K, "w_rr": w,
+        "rerank_subsets": {name: metrics}}``.
+    """
+    k = model.cfg.rerank_k if k is None else k
+    w_rr = model.cfg.w_rr if w_rr is None else w_rr
+    was_training = model.training
+    model.eval()
+    try:
+        t2v = model.rerank(sim, text, video, k, w_rr, direction="t2v")
+        v2t = model.rerank(sim, text, video, k, w_rr, direction="v2t")
+    finally:
+        model.train(was_training)
+    idx = as_text_to_video(text_to_video, t2v.shape[0], t2v.shape[1])
+    return {
+        "rerank": retrieval_metrics(t2v, idx, v2t_sim=v2t),
+        "rerank_k": k,
+        "w_rr": w_rr,
+        "rerank_subsets": {
+            name: retrieval_metrics(t2v, idx, query_videos=cols, v2t_sim=v2t)
+            for name, cols in (subsets or {}).items()
+        },
+    }
+
+
+def evaluate_with_rerank(
+    model: Clip2TV,
+    records: Sequence[VideoRecord],
+    tokenizer: Tokenize,
+    data_cfg: DataConfig,
+    eval_cfg: EvalConfig | None = None,
+    device: torch.device | str | None = None,
+    *,
+    k: int | None = None,
+    w_rr: float | None = None,
+    subsets: Mapping[str, Sequence[str]] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluate a CLIP2TV model on ``records``: vta numbers plus vtm re-ranked numbers.
+
+    Encoding and vta scoring follow :func:`vtrkit.eval.evaluate.evaluate` (each video and caption
+    encoded once, texts streamed in blocks; videos that fail to decode leave the gallery and their
+    captions the queries). Returns the dict of ``evaluate_features`` (``raw``, ``dsl``, ...,
+    ``subsets``) updated with :func:`rerank_results` and ``num_failed_videos``.
+    """
+    from vtrkit.data.dataset import VideoTextDataset, collate
+
+    eval_cfg = eval_cfg if eval_cfg is not None else EvalConfig()
+    dev = torch.device(device) if device is not None else model_device(model)
+    if subsets is None and eval_cfg.subsets is not None:
+        subsets = load_subsets(eval_cfg.subsets)
+
+    def loader(mode: str, batch_size: int) -> DataLoader:
+        dataset = VideoTextDataset(
+            records,
+            tokenizer,
+            num_frames=data_cfg.num_frames,
+            max_words=data_cfg.max_words,
+            image_size=data_cfg.image_size,
+            fps=data_cfg.fps,
+            mode=mode,
+        )
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=data_cfg.num_workers,
+            collate_fn=collate,
+        )
+
+    video, video_index = encode_videos_with_index(
+        model, loader("videos", eval_cfg.video_batch), dev, progress
+    )
+    text, text_video_index = encode_texts_with_index(
+        model, loader("texts", eval_cfg.text_block), dev, progress
+    )
+    column = torch.full((len(records),), -1, dtype=torch.long)
+    column[video_index] = torch.arange(len(video_index))
+    text_to_video = column[text_video_index]
+    kept = text_to_video >= 0
+    if not kept.all():
+        rows = kept.nonzero().squeeze(1).to(text.sentence.device)
+        text = TextFeatures(text.sentence[rows], text.words[rows], text.mask[rows])
+        text_to_video = text_to_video[kept]
+    num_failed = len(records) - len(video_index)
+    if num_failed:
+        logger.warning("%d of %d videos failed to decode", num_failed, len(records))
+
+    sim = streamed_similarity(model, text, video, eval_cfg.text_block, progress)
+    scale = logit_scale_of(model)
+    gallery_ids = [records[i].video_id for i in video_index.tolist()]
+    columns = subset_columns(subsets, gallery_ids) if subsets else None
+    results = evaluate_features(
+        sim,
+        text_to_video,
+        dsl=eval_cfg.dsl,
+        dsl_temperature=eval_cfg.dsl_temperature / scale,
+        subsets=columns,
+    )
+    results.update(rerank_results(model, sim, text, video, text_to_video, k, w_rr, columns))
+    results["num_failed_videos"] = num_failed
+    return results
