@@ -24,9 +24,10 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 def _register_all() -> None:
     # Explicit imports: each module adds its commands to `app`.
-    from vtrkit.cli import data as _data
+    from vtrkit.cli import data, index, train, videoclip
 
-    _data.register(app)
+    for module in (data, train, index, videoclip):
+        module.register(app)
 
 
 def main() -> None:
