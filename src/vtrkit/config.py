@@ -216,7 +216,10 @@ class TrainConfig(_Section):
 
 class EvalConfig(_Section):
     text_block: int = Field(256, ge=1)
-    """Texts scored against all videos at once; results do not depend on it."""
+    """Texts tokenized and encoded per batch."""
+    similarity_block: int | None = Field(None, ge=1)
+    """Texts scored against all videos at once; None lets the model bound its memory. Results
+    do not depend on it."""
     video_batch: int = Field(32, ge=1)
     dsl: bool = True
     dsl_temperature: float = Field(100.0, gt=0)

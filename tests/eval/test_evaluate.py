@@ -61,7 +61,9 @@ class LinearModel(RetrievalModel):
         video = F.normalize((per_frame * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)
         return VideoFeatures(video, per_frame, video_mask)
 
-    def similarity(self, text: TextFeatures, video: VideoFeatures) -> Tensor:
+    def similarity(
+        self, text: TextFeatures, video: VideoFeatures, text_block: int | None = None
+    ) -> Tensor:
         pooled = text.sentence @ video.video.T
         wf = torch.einsum("twd,vfd->tvwf", text.words, video.frames)
         wf = wf.masked_fill(~video.mask[None, :, None, :], -torch.inf).amax(-1)
@@ -158,12 +160,13 @@ def test_streamed_similarity_is_independent_of_the_block_size(model):
         text = model.encode_text(ids, tmask)
         video = model.encode_video(frames, vmask)
         whole = model.similarity(text, video)
-    results = [streamed_similarity(model, text, video, block) for block in (1, 3, 4, 11, 64)]
+    blocks = (None, 1, 3, 4, 11, 64)
+    results = [streamed_similarity(model, text, video, block) for block in blocks]
     for sim in results:
         assert sim.shape == (11, 6) and sim.dtype == torch.float32
         assert torch.allclose(sim, whole, rtol=0, atol=1e-5)
         assert torch.allclose(sim, results[0], rtol=0, atol=1e-5)
-    with pytest.raises(ValueError, match="text_block"):
+    with pytest.raises(ValueError, match="similarity_block"):
         streamed_similarity(model, text, video, 0)
 
 
@@ -346,7 +349,9 @@ class ColourModel(RetrievalModel):
         video = F.normalize((per_frame * m).sum(1) / m.sum(1), dim=-1)
         return VideoFeatures(video, F.normalize(per_frame, dim=-1), video_mask)
 
-    def similarity(self, text: TextFeatures, video: VideoFeatures) -> Tensor:
+    def similarity(
+        self, text: TextFeatures, video: VideoFeatures, text_block: int | None = None
+    ) -> Tensor:
         return self.logit_scale.exp() * text.sentence @ video.video.T
 
 

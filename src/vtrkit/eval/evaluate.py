@@ -5,7 +5,7 @@ Shapes: T texts (captions), V videos, Nw word slots, Nf frame slots, D embedding
 Q query-bank captions.
 
 The video side (pooled and per-frame features) is computed once per video; texts are scored in
-blocks of ``eval.text_block`` against all V videos through ``model.similarity``, so heads whose cost
+blocks of ``eval.similarity_block`` against all V videos through ``model.similarity``, so heads whose cost
 grows with T×Nw×V×Nf (X-CLIP's frame–word term) never materialise more than one block at a time.
 The [T, V] score matrix itself is kept (DSL normalises over all texts); see ``metrics`` for sizes.
 """
@@ -192,33 +192,30 @@ def streamed_similarity(
     model: RetrievalModel,
     text: TextFeatures,
     video: VideoFeatures,
-    block: int = 256,
+    block: int | None = None,
     progress: bool = False,
 ) -> Tensor:
-    """Scores [T, V] float32 on the CPU: blocks of ``block`` texts against all V videos.
+    """Scores [T, V] float32 on the CPU: blocks of ``block`` texts against all V videos
+    (None: the model picks a memory-bounded block).
 
-    Uses ``model.similarity`` (logits including λ). The video features are moved to the model's
-    device once; only one [block, V] slice of work is alive at a time. The result does not
-    depend on ``block`` (each row is computed from its own text and all videos).
+    Uses ``model.similarity`` (logits including λ), called once with ``text_block=block`` so
+    that models with per-video work (X-CLIP's G·v and L·F) do it once for all blocks; only one
+    [block, V, ...] slice of work is alive at a time. The result does not depend on ``block``.
     """
-    if block < 1:
-        raise ValueError(f"text block size must be >= 1 (eval.text_block), got {block}")
+    if block is not None and block < 1:
+        raise ValueError(f"text block size must be >= 1 (eval.similarity_block), got {block}")
     dev = model_device(model)
-    video_dev = video.to(dev)
     num_texts, num_videos = len(text), len(video)
-    out = torch.empty(num_texts, num_videos, dtype=torch.float32)
-    starts = range(0, num_texts, block)
-    with _eval_mode(model):
-        for start in tqdm(starts, desc="similarity", unit="block", disable=not progress):
-            stop = min(start + block, num_texts)
-            logits = model.similarity(text.slice(start, stop).to(dev), video_dev)
-            if logits.shape != (stop - start, num_videos):
-                raise ValueError(
-                    f"{type(model).__name__}.similarity returned {tuple(logits.shape)} for "
-                    f"{stop - start} texts and {num_videos} videos; expected [T, V]"
-                )
-            out[start:stop] = logits.float().cpu()
-    return out
+    with _eval_mode(model), torch.no_grad():
+        if progress:
+            logger.info("scoring %d texts against %d videos", num_texts, num_videos)
+        logits = model.similarity(text.to(dev), video.to(dev), text_block=block)
+    if logits.shape != (num_texts, num_videos):
+        raise ValueError(
+            f"{type(model).__name__}.similarity returned {tuple(logits.shape)} for "
+            f"{num_texts} texts and {num_videos} videos; expected [T, V]"
+        )
+    return logits.float().cpu()
 
 
 def evaluate_features(
@@ -330,7 +327,7 @@ def evaluate(
     Every video is decoded and encoded once (``VideoTextDataset`` mode "videos", through
     ``data.frame_cache`` when set, ``data.window`` for records without a window), every caption
     once (mode "texts"); scores come from :func:`streamed_similarity` in blocks of
-    ``eval_cfg.text_block`` texts. Videos that fail to decode leave the gallery and their
+    ``eval_cfg.similarity_block`` texts. Videos that fail to decode leave the gallery and their
     captions leave the queries (counted in ``num_failed_videos``).
 
     subsets: name -> video ids (default: the file named by ``eval_cfg.subsets``, if any).
@@ -396,14 +393,14 @@ def evaluate(
         text = TextFeatures(text.sentence[keep_rows], text.words[keep_rows], text.mask[keep_rows])
         text_to_video = text_to_video[kept]
 
-    sim = streamed_similarity(model, text, video, eval_cfg.text_block, progress)
+    sim = streamed_similarity(model, text, video, eval_cfg.similarity_block, progress)
     scale = logit_scale_of(model)
     bank = None
     if eval_cfg.qb_norm and bank_captions:
         bank_text = encode_captions(
             model, tokenizer, bank_captions, data_cfg.max_words, eval_cfg.text_block, dev
         )
-        bank = streamed_similarity(model, bank_text, video, eval_cfg.text_block, progress)
+        bank = streamed_similarity(model, bank_text, video, eval_cfg.similarity_block, progress)
     gallery_ids = [records[i].video_id for i in video_index.tolist()]
     results = evaluate_features(
         sim,

@@ -91,8 +91,15 @@ class RetrievalModel(nn.Module):
     def encode_video(self, frames: Tensor, video_mask: Tensor) -> VideoFeatures:
         raise NotImplementedError
 
-    def similarity(self, text: TextFeatures, video: VideoFeatures) -> Tensor:
-        """Logits [T, V], already multiplied by λ = exp(logit_scale)."""
+    def similarity(
+        self, text: TextFeatures, video: VideoFeatures, text_block: int | None = None
+    ) -> Tensor:
+        """Logits [T, V], already multiplied by λ = exp(logit_scale).
+
+        Any per-video work is done once per call and texts are scored in blocks of
+        ``text_block`` (None: the model's own memory-bounded choice); the result does not depend
+        on the block size, so scoring all texts in one call is the cheapest way to evaluate.
+        """
         raise NotImplementedError
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

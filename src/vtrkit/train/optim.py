@@ -7,17 +7,29 @@ from torch.optim import AdamW
 
 from vtrkit.config import OptimConfig
 
-_NO_DECAY_MARKERS = ("bias", "norm", "embedding", "logit_scale", "class_embedding", "ln_")
 
+def no_decay_parameter_names(model: nn.Module) -> set[str]:
+    """Names (as in ``model.named_parameters()``) that get no weight decay (SPEC §0).
 
-def is_no_decay(name: str, param: nn.Parameter) -> bool:
-    """True for biases, normalisation weights, embeddings and logit_scale (excluded from decay).
-
-    Name markers catch embeddings stored as 2-D tables; the ndim test catches any remaining
-    vectors (biases and norm gains under unusual names).
+    Biases, norm weights, embeddings (``nn.Embedding`` tables and parameters whose name contains
+    ``embedding``, e.g. CLIP's class and position embeddings) and ``logit_scale``. Any parameter
+    with fewer than two dimensions (biases, norm gains, scalars) is included, which catches norm
+    layers whatever their class.
     """
-    lowered = name.lower()
-    return param.ndim < 2 or any(marker in lowered for marker in _NO_DECAY_MARKERS)
+    names: set[str] = set()
+    for module_name, module in model.named_modules():
+        is_table = isinstance(module, (nn.Embedding, nn.LayerNorm, nn.GroupNorm))
+        for param_name, param in module.named_parameters(recurse=False):
+            full = f"{module_name}.{param_name}" if module_name else param_name
+            if (
+                is_table
+                or param.dim() < 2
+                or "embedding" in param_name
+                or "logit_scale" in param_name
+            ):
+                names.add(full)
+    kept = {name for name, _ in model.named_parameters()}
+    return names & kept
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> AdamW:
@@ -35,6 +47,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> AdamW:
         ("new", True): [],
         ("new", False): [],
     }
+    no_decay = no_decay_parameter_names(model)
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -44,7 +57,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> AdamW:
             part = "new"
         else:
             raise ValueError(f"parameter {name!r} is in neither of the model's param_groups()")
-        groups[(part, not is_no_decay(name, param))].append(param)
+        groups[(part, name not in no_decay)].append(param)
     lrs = {"backbone": cfg.lr_backbone, "new": cfg.lr_new}
     param_groups = [
         {
