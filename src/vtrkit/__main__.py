@@ -1,0 +1,5 @@
+"""``python -m vtrkit`` (also what ``torchrun -m vtrkit`` launches)."""
+
+from vtrkit.cli import main
+
+main()
