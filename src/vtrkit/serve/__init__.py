@@ -1,0 +1,1 @@
+"""The search server (FastAPI) and its page: see :mod:`vtrkit.serve.app`."""

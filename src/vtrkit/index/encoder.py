@@ -1,0 +1,245 @@
+"""What the index needs from a model, and the adapter over vtrkit's retrieval models.
+
+The index talks to an :class:`Encoder`: it encodes windows of videos once at build time, encodes
+query texts, and re-scores a handful of candidates with the model's own head. Its
+:meth:`Encoder.fingerprint` is stored in the catalog so an index is never searched with features
+from a different model.
+
+Shapes: N windows, Nf frame slots, S image size, T texts, K candidates, D embedding width.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from vtrkit.config import Config, DataConfig
+from vtrkit.models.base import RetrievalModel, TextFeatures, VideoFeatures
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """A text/video encoder as the index uses it."""
+
+    num_frames: int
+    """Nf: frame slots per window."""
+    image_size: int
+    """S: frames are square S×S after preprocessing."""
+    fps: float
+    """Frames sampled per second of video before thinning to Nf."""
+
+    def encode_video_windows(self, frames: Tensor, mask: Tensor) -> VideoFeatures:
+        """frames [N, Nf, 3, S, S] normalised float, mask [N, Nf] bool -> features of N windows."""
+        ...
+
+    def encode_texts(self, texts: list[str]) -> TextFeatures:
+        """T texts -> sentence [T, D] (unit-norm), words and mask."""
+        ...
+
+    def rerank_scores(self, text: TextFeatures, video: VideoFeatures) -> Tensor:
+        """The model's own score of every pair: [T, K] float (higher is better)."""
+        ...
+
+    def fingerprint(self) -> str:
+        """Hex digest identifying the model's configuration and weights."""
+        ...
+
+
+def _hash_tensor(h: Any, name: str, tensor: Tensor) -> None:
+    tensor = tensor.detach().to("cpu").contiguous()
+    h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+    # Hashing the raw bytes (viewed as uint8) works for every dtype, bf16 included.
+    h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def fingerprint_model(model: torch.nn.Module, settings: dict[str, Any]) -> str:
+    """sha256 over the model class, the input ``settings`` and every tensor of its state dict."""
+    h = hashlib.sha256()
+    h.update(type(model).__qualname__.encode())
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        _hash_tensor(h, name, tensor)
+    return h.hexdigest()[:32]
+
+
+class ModelEncoder:
+    """:class:`Encoder` over a :class:`RetrievalModel` and its tokenizer.
+
+    Args:
+        model: the retrieval model (put in eval mode; weights are not changed).
+        tokenizer: its tokenizer (``tok(texts, max_words) -> (ids [T, Nw], mask [T, Nw])``).
+        data_cfg: the data section the model was built with (Nf, Nw, S, fps).
+        device: where to run the model.
+        batch_size: windows per forward pass when encoding videos.
+        source: how to load this model again (recorded in an index's catalog), e.g.
+            ``{"kind": "checkpoint", "path": ...}``; None for a model built in code.
+    """
+
+    def __init__(
+        self,
+        model: RetrievalModel,
+        tokenizer: Any,
+        data_cfg: DataConfig,
+        device: str | torch.device = "cpu",
+        batch_size: int = 16,
+        source: dict[str, Any] | None = None,
+    ) -> None:
+        self.model = model.eval().to(device)
+        self.source = source or {"kind": "custom"}
+        self.tokenizer = tokenizer
+        self.data_cfg = data_cfg
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.num_frames = data_cfg.num_frames
+        self.image_size = data_cfg.image_size
+        self.fps = data_cfg.fps
+        self._fingerprint: str | None = None
+
+    @torch.inference_mode()
+    def encode_video_windows(self, frames: Tensor, mask: Tensor) -> VideoFeatures:
+        """frames [N, Nf, 3, S, S], mask [N, Nf] -> VideoFeatures on the CPU (float32)."""
+        parts = []
+        for start in range(0, frames.shape[0], self.batch_size):
+            out = self.model.encode_video(
+                frames[start : start + self.batch_size].to(self.device),
+                mask[start : start + self.batch_size].to(self.device),
+            )
+            parts.append(
+                VideoFeatures(out.video.float().cpu(), out.frames.float().cpu(), out.mask.cpu())
+            )
+        return VideoFeatures.cat(parts)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> TextFeatures:
+        """T texts -> TextFeatures on the CPU (float32)."""
+        ids, mask = self.tokenizer(list(texts), self.data_cfg.max_words)
+        out = self.model.encode_text(ids.to(self.device), mask.to(self.device))
+        return TextFeatures(out.sentence.float().cpu(), out.words.float().cpu(), out.mask.cpu())
+
+    @torch.inference_mode()
+    def rerank_scores(self, text: TextFeatures, video: VideoFeatures) -> Tensor:
+        """[T, K]: ``model.similarity`` (X-CLIP's multi-grained logits, cosine·λ for CLIP4Clip);
+        for CLIP2TV with its matching head, ``vta/λ + w_rr · p_match`` as in SPEC §2."""
+        text, video = text.to(self.device), video.to(self.device)
+        sim = self.model.similarity(text, video).float()
+        fusion = getattr(self.model, "fusion", None)
+        match = getattr(self.model, "match_probability", None)
+        if fusion is None or match is None:
+            return sim.cpu()
+        t, k = sim.shape
+        pairs = torch.stack(
+            [torch.arange(t).repeat_interleave(k), torch.arange(k).repeat(t)], dim=1
+        )
+        p_match = match(text, video, pairs).float().view(t, k)
+        w_rr = float(self.model.cfg.w_rr)  # type: ignore[attr-defined]
+        return (sim / self.model.logit_scale.exp().float() + w_rr * p_match).cpu()
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            settings = {
+                "num_frames": self.num_frames,
+                "image_size": self.image_size,
+                "fps": self.fps,
+                "max_words": self.data_cfg.max_words,
+            }
+            self._fingerprint = fingerprint_model(self.model, settings)
+        return self._fingerprint
+
+
+def _checkpoint_folder(path: Path) -> Path:
+    """A run folder's ``checkpoint/`` (or what :func:`resolve_checkpoint` accepts)."""
+    from vtrkit.train.checkpoint import MODEL_FILE, resolve_checkpoint
+
+    if (path / "checkpoint" / MODEL_FILE).is_file():
+        return path / "checkpoint"
+    return resolve_checkpoint(path)
+
+
+def load_model_for_index(
+    checkpoint_dir: str | Path, device: str | torch.device = "cpu", batch_size: int = 16
+) -> ModelEncoder:
+    """A trained model from ``<dir>/model.safetensors`` + ``<dir>/config.yaml`` (``dir`` may be a
+    run folder holding ``checkpoint/``, ``best/`` or ``last/``)."""
+    from vtrkit.models.build import build_model
+    from vtrkit.train.checkpoint import load_checkpoint_config, load_weights
+
+    folder = _checkpoint_folder(Path(checkpoint_dir))
+    cfg = load_checkpoint_config(folder)
+    model, tokenizer = build_model(cfg.model, cfg.data)
+    load_weights(model, folder)
+    log.info("loaded %s model from %s", cfg.model.kind, folder)
+    source = {"kind": "checkpoint", "path": str(folder.resolve())}
+    return ModelEncoder(model, tokenizer, cfg.data, device, batch_size, source)
+
+
+def zero_shot_config(
+    backbone: str | Path, num_frames: int = 12, image_size: int = 224, fps: float = 1.0
+) -> Config:
+    """Config of a zero-shot CLIP4Clip (mean pooling, no temporal encoder) on a CLIP checkpoint."""
+    cfg = Config()
+    cfg.model.kind = "meanP"
+    cfg.model.temporal = False
+    cfg.model.backbone.checkpoint = Path(backbone)
+    cfg.data.num_frames = num_frames
+    cfg.data.image_size = image_size
+    cfg.data.fps = fps
+    return cfg
+
+
+def load_backbone_for_index(
+    backbone: str | Path,
+    num_frames: int = 12,
+    image_size: int = 224,
+    fps: float = 1.0,
+    device: str | torch.device = "cpu",
+    batch_size: int = 16,
+) -> ModelEncoder:
+    """Zero-shot encoder: the CLIP checkpoint at ``backbone`` with mean pooling over frames."""
+    from vtrkit.models.build import build_model
+
+    path = Path(backbone)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"CLIP checkpoint {path} not found (--backbone): give an OpenAI .pt, an open_clip "
+            "state dict or a Hugging Face folder"
+        )
+    cfg = zero_shot_config(path, num_frames, image_size, fps)
+    model, tokenizer = build_model(cfg.model, cfg.data)
+    source = {
+        "kind": "backbone",
+        "path": str(path.resolve()),
+        "num_frames": num_frames,
+        "image_size": image_size,
+        "fps": fps,
+    }
+    return ModelEncoder(model, tokenizer, cfg.data, device, batch_size, source)
+
+
+def encoder_from_source(
+    source: dict[str, Any], device: str | torch.device = "cpu", batch_size: int = 16
+) -> ModelEncoder:
+    """Rebuild the encoder an index was built with, from the ``source`` record in its catalog."""
+    kind = source.get("kind")
+    if kind == "checkpoint":
+        return load_model_for_index(source["path"], device=device, batch_size=batch_size)
+    if kind == "backbone":
+        return load_backbone_for_index(
+            source["path"],
+            num_frames=int(source["num_frames"]),
+            image_size=int(source["image_size"]),
+            fps=float(source["fps"]),
+            device=device,
+            batch_size=batch_size,
+        )
+    raise ValueError(
+        f"the index was built with a custom encoder ({source!r}); pass the same encoder to "
+        "VideoIndex.open(path, encoder=...)"
+    )

@@ -1,0 +1,319 @@
+"""Searching an index: text→video, video→video and video→text, with exact re-ranking.
+
+Text search takes the ANN's top candidates on pooled features, then (``rerank=K``) re-scores the
+top K with the model's own head on the stored per-frame features (X-CLIP's multi-grained score,
+CLIP2TV's matching head), so fine-grained accuracy costs K head evaluations, not the collection
+size. Results are windows of videos, with timestamps.
+
+Example::
+
+    from vtrkit.index import VideoIndex, load_model_for_index
+    index = VideoIndex.build("videos/", "lib.vtr", load_model_for_index("runs/demo"))
+    for hit in index.search("a red circle moves left", k=5, rerank=50):
+        print(hit.rank, f"{hit.score:.3f}", hit.path, hit.start, hit.end)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from vtrkit.index.ann import AnnConfig
+from vtrkit.index.builder import BuildReport, IndexUpdater, build_index, expand_sources
+from vtrkit.index.catalog import Catalog
+from vtrkit.index.decoding import decode_windows
+from vtrkit.index.encoder import Encoder, encoder_from_source
+from vtrkit.index.library import Library, check_encoder
+from vtrkit.models.base import VideoFeatures
+
+log = logging.getLogger(__name__)
+
+MAX_QUERY_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One hit: a window of a video. ``score`` is cosine for ANN order, the head's score when
+    re-ranked."""
+
+    rank: int
+    score: float
+    path: Path
+    start: float
+    end: float
+    video_id: int
+    window_id: int
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["path"] = str(self.path)
+        return data
+
+
+@dataclass(frozen=True)
+class CaptionMatch:
+    """One caption scored against a video: the best window and its score."""
+
+    rank: int
+    score: float
+    caption: str
+    start: float
+    end: float
+
+
+class VideoIndex:
+    """An opened index folder plus the encoder it was built with.
+
+    Use :meth:`open` (or :meth:`build`) rather than the constructor. Methods are safe to call from
+    several threads (a lock serialises them).
+    """
+
+    def __init__(self, library: Library, encoder: Encoder, ann_config: AnnConfig = AnnConfig()):
+        check_encoder(library.settings, encoder, library.folder)
+        self.library = library
+        self.encoder = encoder
+        self.ann_config = ann_config
+        self.last_report: BuildReport | None = None
+        self._lock = threading.RLock()
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        encoder: Encoder | None = None,
+        writable: bool = False,
+        device: str | torch.device = "cpu",
+        ann_config: AnnConfig = AnnConfig(),
+    ) -> VideoIndex:
+        """Open the index at ``path``. Without ``encoder`` the model is rebuilt from the
+        checkpoint or backbone recorded at build time; either way its fingerprint must match the
+        index's (:class:`IndexMismatchError` names both otherwise)."""
+        library = Library.open(path, writable=writable)
+        try:
+            if encoder is None:
+                encoder = encoder_from_source(library.settings.source, device=device)
+            return cls(library, encoder, ann_config)
+        except BaseException:
+            library.close()
+            raise
+
+    @classmethod
+    def build(
+        cls,
+        videos: str | Path | Sequence[str | Path],
+        out: str | Path,
+        encoder: Encoder,
+        progress: bool = False,
+        **options: Any,
+    ) -> VideoIndex:
+        """Build (or update) the index at ``out`` from ``videos`` and open it; the build's
+        :class:`BuildReport` is in ``last_report``. ``options`` go to :func:`build_index`."""
+        report = build_index(videos, out, encoder, progress=progress, **options)
+        index = cls.open(out, encoder, writable=True)
+        index.last_report = report
+        return index
+
+    def close(self) -> None:
+        self.library.close()
+
+    def __enter__(self) -> VideoIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def catalog(self) -> Catalog:
+        """The index's catalog (videos, windows, thumbnails)."""
+        return self.library.catalog
+
+    def add(self, paths: str | Path | Sequence[str | Path], progress: bool = False) -> BuildReport:
+        """Index new or changed videos (files, folders or list files); others are left alone."""
+        with self._lock:
+            updater = IndexUpdater(
+                self.library, self.encoder, ann_config=self.ann_config, progress=progress
+            )
+            report = updater.update(expand_sources(paths), remove_missing=False)
+            self.last_report = report
+            return report
+
+    # -- text -> video ------------------------------------------------------------------------
+
+    def search(
+        self, text: str, k: int = 10, rerank: int | None = None, one_per_video: bool = False
+    ) -> list[SearchResult]:
+        """Top ``k`` windows for ``text``.
+
+        ``rerank=K`` re-scores the ANN's top K with the model's head (K below k is raised to k, so
+        all returned scores are on the head's scale); ``one_per_video`` keeps only the best window
+        of each video.
+        """
+        text = _check_query(text)
+        _check_k(k)
+        if rerank is not None and rerank < 1:
+            raise ValueError(f"rerank must be a positive number of candidates, got {rerank}")
+        if rerank is not None:
+            rerank = max(rerank, k)
+        with self._lock:
+            query = self.encoder.encode_texts([text])
+            wanted = max(k, rerank or 0)
+            rows, scores = self._nearest(query.sentence[0].numpy(), wanted, one_per_video)
+            if rerank:
+                top = rows[:rerank]
+                head = self.encoder.rerank_scores(query, self._video_features(top))[0]
+                head = head.double().numpy()
+                order = np.argsort(-head, kind="stable")
+                rows = np.concatenate([top[order], rows[rerank:]])
+                scores = np.concatenate([head[order], scores[rerank:]])
+            return self._results(rows, scores, k, one_per_video)
+
+    # -- video -> video -----------------------------------------------------------------------
+
+    def search_like(
+        self, video_path: str | Path, k: int = 10, include_self: bool = False
+    ) -> list[SearchResult]:
+        """Windows most similar to the video at ``video_path`` (mean of its window features).
+
+        A catalogued, unchanged video uses its stored features; any other file is decoded and
+        encoded. Its own windows are left out unless ``include_self``.
+        """
+        _check_k(k)
+        with self._lock:
+            features, own, _ = self._features_of(Path(video_path))
+            query = F.normalize(features.video.float().mean(0), dim=0).numpy()
+            skip = 0 if include_self else len(own)
+            rows, scores = self._nearest(query, k + skip, one_per_video=False)
+            if own and not include_self:
+                keep = ~np.isin(rows, np.asarray(own, dtype=np.int64))
+                rows, scores = rows[keep], scores[keep]
+            return self._results(rows, scores, k, one_per_video=False)
+
+    # -- video -> text ------------------------------------------------------------------------
+
+    def search_video_to_text(
+        self, video_path: str | Path, captions: Sequence[str]
+    ) -> list[CaptionMatch]:
+        """Rank ``captions`` for the video at ``video_path`` with the model's head; a caption's
+        score is its best window's."""
+        captions = [_check_query(c) for c in captions]
+        if not captions:
+            raise ValueError("search_video_to_text needs at least one caption")
+        with self._lock:
+            video, _, spans = self._features_of(Path(video_path))
+            scores = self.encoder.rerank_scores(self.encoder.encode_texts(captions), video)
+            best, where = scores.double().max(dim=1)
+            order = torch.argsort(-best, stable=True).tolist()
+            return [
+                CaptionMatch(rank + 1, float(best[i]), captions[i], *spans[int(where[i])])
+                for rank, i in enumerate(order)
+            ]
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _nearest(self, query: np.ndarray, n: int, one_per_video: bool) -> tuple[np.ndarray, ...]:
+        """ANN rows and cosine scores for one query vector [D], best first, dead rows dropped."""
+        ann = self.library.ann(self.ann_config)
+        if len(ann) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float64)
+        # Several windows of one video can crowd the top: fetch extra when keeping one per video.
+        fetch = min(len(ann), n * 4 if one_per_video else n)
+        scores, rows = ann.search(query[None, :], fetch)
+        keep = rows[0] >= 0
+        return rows[0][keep].astype(np.int64), scores[0][keep].astype(np.float64)
+
+    def _video_features(self, rows: np.ndarray) -> VideoFeatures:
+        store = self.library.store
+        return VideoFeatures(
+            torch.from_numpy(store.pooled(rows).astype(np.float32)),
+            torch.from_numpy(store.frames(rows).astype(np.float32)),
+            torch.from_numpy(store.mask(rows)),
+        )
+
+    def _results(
+        self, rows: np.ndarray, scores: np.ndarray, k: int, one_per_video: bool
+    ) -> list[SearchResult]:
+        catalog = self.library.catalog
+        windows = catalog.windows_by_rows(rows.tolist())
+        results: list[SearchResult] = []
+        seen: set[int] = set()
+        paths: dict[int, Path] = {}
+        for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
+            window = windows.get(row)
+            if window is None or (one_per_video and window.video_id in seen):
+                continue
+            seen.add(window.video_id)
+            if window.video_id not in paths:
+                video = catalog.video(window.video_id)
+                if video is None:
+                    continue
+                paths[window.video_id] = Path(video.path)
+            results.append(
+                SearchResult(
+                    rank=len(results) + 1,
+                    score=float(score),
+                    path=paths[window.video_id],
+                    start=window.start,
+                    end=window.end,
+                    video_id=window.video_id,
+                    window_id=window.id,
+                )
+            )
+            if len(results) == k:
+                break
+        return results
+
+    def _features_of(
+        self, path: Path
+    ) -> tuple[VideoFeatures, list[int], list[tuple[float, float]]]:
+        """Features of a video's W windows, its own store rows (empty when not indexed) and the
+        windows' (start, end) spans."""
+        path = path.resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"video {path} does not exist")
+        catalog = self.library.catalog
+        known = catalog.video_by_path(str(path))
+        st = path.stat()
+        if (
+            known
+            and known.status == "ok"
+            and (known.size, known.mtime_ns)
+            == (
+                st.st_size,
+                st.st_mtime_ns,
+            )
+        ):
+            windows = catalog.windows(known.id)
+            rows = np.asarray([w.row for w in windows], dtype=np.int64)
+            self.library.refresh()
+            spans = [(w.start, w.end) for w in windows]
+            return self._video_features(rows), rows.tolist(), spans
+        s = self.library.settings
+        decoded = decode_windows(
+            path, s.num_frames, s.image_size, s.fps, s.window_length, s.window_stride
+        )
+        features = self.encoder.encode_video_windows(decoded.frames, decoded.mask)
+        return features, [], decoded.windows
+
+
+def _check_query(text: str) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("the query is empty; give some words to search for")
+    text = text.strip()
+    if len(text) > MAX_QUERY_CHARS:
+        raise ValueError(
+            f"the query has {len(text)} characters; at most {MAX_QUERY_CHARS} are accepted"
+        )
+    return text
+
+
+def _check_k(k: int) -> None:
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive number of results, got {k!r}")
