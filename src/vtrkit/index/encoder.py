@@ -103,7 +103,7 @@ class ModelEncoder:
         self.fps = data_cfg.fps
         self._fingerprint: str | None = None
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_video_windows(self, frames: Tensor, mask: Tensor) -> VideoFeatures:
         """frames [N, Nf, 3, S, S], mask [N, Nf] -> VideoFeatures on the CPU (float32)."""
         parts = []
@@ -117,14 +117,14 @@ class ModelEncoder:
             )
         return VideoFeatures.cat(parts)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> TextFeatures:
         """T texts -> TextFeatures on the CPU (float32)."""
         ids, mask = self.tokenizer(list(texts), self.data_cfg.max_words)
         out = self.model.encode_text(ids.to(self.device), mask.to(self.device))
         return TextFeatures(out.sentence.float().cpu(), out.words.float().cpu(), out.mask.cpu())
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def rerank_scores(self, text: TextFeatures, video: VideoFeatures) -> Tensor:
         """[T, K]: ``model.similarity`` (X-CLIP's multi-grained logits, cosine·λ for CLIP4Clip);
         for CLIP2TV with its matching head, ``vta/λ + w_rr · p_match`` as in SPEC §2."""
