@@ -69,4 +69,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> AdamW:
         for (part, decay), params in groups.items()
         if params
     ]
-    return AdamW(param_groups, betas=cfg.betas, eps=cfg.eps)
+    # The fused kernel is ~70x faster than the default per-tensor loop on CPU (measured: 37 ms
+    # vs 2.8 s per step for a 7.6M-parameter model whose token table dominates).
+    params = [p for group in param_groups for p in group["params"]]
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return AdamW(param_groups, betas=cfg.betas, eps=cfg.eps, fused=fused)

@@ -39,18 +39,7 @@ def eval_split(cfg: Config) -> str:
 def make_train_dataset(cfg: Config, tokenizer: Any, records: list[VideoRecord]):
     from vtrkit.data.dataset import VideoTextDataset, collate
 
-    dataset = VideoTextDataset(
-        records,
-        tokenizer,
-        num_frames=cfg.data.num_frames,
-        max_words=cfg.data.max_words,
-        image_size=cfg.data.image_size,
-        fps=cfg.data.fps,
-        mode="pairs",
-        cache=cfg.data.frame_cache,
-        expand=cfg.data.expand_sentences,
-    )
-    return dataset, collate
+    return VideoTextDataset.from_config(records, tokenizer, cfg.data, "pairs"), collate
 
 
 def run_evaluation(
