@@ -166,6 +166,9 @@ class VideoClipConfig(_Section):
     loc_window: int = Field(32, ge=1)
     loc_stride: int = Field(16, ge=1)
     """Sliding window (seconds) and stride for step localisation."""
+    standardize_features: bool = True
+    """Standardise per-second features with the training set's per-dimension mean and std
+    (stored in the model; an affine map the first Linear could absorb, so only conditioning)."""
 
 
 ModelKind = Literal["meanP", "seqTransf", "xclip", "clip2tv", "videoclip"]

@@ -1,0 +1,142 @@
+"""VideoCLIP commands: ``vtrkit features``, ``vtrkit videoclip-train``, ``vtrkit videoclip-eval``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import typer
+
+from vtrkit.config import ConfigError, load_config
+
+
+def register(app: typer.Typer) -> None:
+    app.command("features")(features)
+    app.command("videoclip-train")(videoclip_train)
+    app.command("videoclip-eval")(videoclip_eval)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def features(
+    videos: Path = typer.Argument(..., help="Folder of video files (searched recursively)."),
+    out: Path = typer.Argument(..., help="Output folder: index.json + one <video_id>.npy each."),
+    extractor: str = typer.Option("clip", help="Feature extractor; 'clip' (the image tower)."),
+    config: Path = typer.Option(
+        None, help="YAML config whose model.backbone describes the CLIP towers."
+    ),
+    backbone: Path = typer.Option(None, help="CLIP checkpoint (overrides the config's)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key."),
+    image_size: int = typer.Option(None, help="Frame size (default: the backbone's)."),
+    batch_size: int = typer.Option(64, help="Frames per forward pass."),
+    device: str = typer.Option("cpu", help="cpu or cuda (under torchrun: cuda:<local rank>)."),
+    retry_failed: bool = typer.Option(False, help="Try again the videos recorded as failed."),
+    merge_only: bool = typer.Option(False, help="Only fold shard logs into index.json."),
+) -> None:
+    """One float16 vector per second per video (resumable; shard with ``torchrun``)."""
+    from vtrkit.data.datasets import VIDEO_EXTENSIONS
+    from vtrkit.videoclip.features import (
+        ClipSecondExtractor,
+        extract_features,
+        index_summary,
+        merge_shard_indexes,
+        shard_from_env,
+        videos_in_folder,
+    )
+
+    if merge_only:
+        typer.echo(json.dumps(index_summary(merge_shard_indexes(out))))
+        return
+    if extractor != "clip":
+        _fail(
+            f"--extractor {extractor!r} is not built in; write the documented array format "
+            "(see vtrkit/videoclip/features.py) with your own extractor instead"
+        )
+    try:
+        cfg = load_config(config, set_)
+    except ConfigError as exc:
+        _fail(str(exc))
+    backbone_cfg = cfg.model.backbone
+    if backbone is not None:
+        backbone_cfg = backbone_cfg.model_copy(update={"checkpoint": backbone})
+    rank, world = shard_from_env()
+    if world > 1:
+        from vtrkit.train.distributed import setup
+
+        info = setup(device)
+        device = str(info.device)
+    from vtrkit.backbones import build_clip
+
+    try:
+        towers, _ = build_clip(backbone_cfg)
+        found = videos_in_folder(videos, VIDEO_EXTENSIONS)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    ex = ClipSecondExtractor(towers, image_size, batch_size, device=device)
+    summary = extract_features(
+        found, out, ex, rank=rank, world_size=world, retry_failed=retry_failed
+    )
+    typer.echo(f"rank {rank}/{world}: {summary}")
+    if rank == 0:
+        from vtrkit.videoclip.features import read_index
+
+        typer.echo(json.dumps(index_summary(read_index(out))))
+    if world > 1:
+        from vtrkit.train.distributed import cleanup
+
+        cleanup()
+
+
+def videoclip_train(
+    config: Path = typer.Argument(..., help="YAML config with model.kind: videoclip."),
+    set_: list[str] = typer.Option([], "--set", help="Override a key: --set train.epochs=3"),
+    device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+) -> None:
+    """Train VideoCLIP on stored features; evaluate zero-shot on the validation split."""
+    from vtrkit.videoclip.train import run_videoclip
+
+    try:
+        cfg = load_config(config, set_)
+        result, metrics = run_videoclip(cfg, device=device)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    typer.echo(f"{result.steps} steps in {result.seconds:.0f} s; run folder {result.run_dir}")
+    if metrics is not None:
+        typer.echo(json.dumps(metrics, indent=1))
+
+
+def videoclip_eval(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint folder or run folder."),
+    split: str = typer.Option(None, help="Split to evaluate (default: the config's test split)."),
+    config: Path = typer.Option(None, help="Evaluate with this config instead of the saved one."),
+    set_: list[str] = typer.Option([], "--set", help="Override a key of the config."),
+    output: Path = typer.Option(None, "--json", help="Write the results as JSON here."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+) -> None:
+    """Zero-shot retrieval, multiple-choice QA and step localisation of a trained VideoCLIP."""
+    from vtrkit.videoclip.train import evaluate_videoclip_checkpoint
+
+    try:
+        if config is not None:
+            cfg = load_config(config, set_)
+        elif set_:
+            from vtrkit.config import apply_overrides, config_from_dict
+            from vtrkit.train.checkpoint import load_checkpoint_config
+
+            base = load_checkpoint_config(checkpoint).model_dump(mode="json")
+            cfg = config_from_dict(apply_overrides(base, set_), f"{checkpoint} with overrides")
+        else:
+            cfg = None
+        metrics = evaluate_videoclip_checkpoint(checkpoint, split, cfg, device)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    text = json.dumps(metrics, indent=1)
+    typer.echo(text)
+    if output is not None:
+        output.write_text(text + "\n")
