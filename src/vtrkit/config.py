@@ -212,6 +212,9 @@ class TrainConfig(_Section):
     """Stop training (and still evaluate) once this many seconds have passed."""
     eval_every_epoch: bool = True
     log_every: int = 10
+    threads: int | None = None
+    """torch intra-op threads per process (None: torch's default). Small models on a few cores
+    train faster with 1 thread plus a DataLoader worker than with every core on one matmul."""
     checkpoint_every: int | None = None
     """Also write ``last/`` every this many steps (mid-epoch resume); epochs always checkpoint."""
     max_train_videos: int | None = None

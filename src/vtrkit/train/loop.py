@@ -140,6 +140,8 @@ def fit(
     """
     run_dir = Path(cfg.train.output_dir)
     started = time.perf_counter()
+    if cfg.train.threads is not None:
+        torch.set_num_threads(cfg.train.threads)
     per_rank = _per_rank_batch(cfg, info)
     sampler = DistributedSampler(
         train_dataset,
