@@ -33,6 +33,7 @@ from vtrkit.eval.evaluate import (
     model_device,
     streamed_similarity,
     subset_columns,
+    with_default_window,
 )
 from vtrkit.eval.metrics import as_text_to_video, retrieval_metrics
 from vtrkit.models.base import TextFeatures, VideoFeatures
@@ -104,7 +105,8 @@ def evaluate_with_rerank(
     Encoding and vta scoring follow :func:`vtrkit.eval.evaluate.evaluate` (each video and caption
     encoded once, texts streamed in blocks; videos that fail to decode leave the gallery and their
     captions the queries). Returns the dict of ``evaluate_features`` (``raw``, ``dsl``, ...,
-    ``subsets``) updated with :func:`rerank_results` and ``num_failed_videos``.
+    ``subsets``) updated with :func:`rerank_results` (when the model has its vtm head) and
+    ``num_failed_videos``.
     """
     from vtrkit.data.dataset import VideoTextDataset, collate
 
@@ -112,19 +114,11 @@ def evaluate_with_rerank(
     dev = torch.device(device) if device is not None else model_device(model)
     if subsets is None and eval_cfg.subsets is not None:
         subsets = load_subsets(eval_cfg.subsets)
+    records = with_default_window(records, data_cfg.window)
 
     def loader(mode: str, batch_size: int) -> DataLoader:
-        dataset = VideoTextDataset(
-            records,
-            tokenizer,
-            num_frames=data_cfg.num_frames,
-            max_words=data_cfg.max_words,
-            image_size=data_cfg.image_size,
-            fps=data_cfg.fps,
-            mode=mode,
-        )
         return DataLoader(
-            dataset,
+            VideoTextDataset.from_config(records, tokenizer, data_cfg, mode),  # type: ignore[arg-type]
             batch_size=batch_size,
             shuffle=False,
             num_workers=data_cfg.num_workers,
@@ -149,7 +143,7 @@ def evaluate_with_rerank(
     if num_failed:
         logger.warning("%d of %d videos failed to decode", num_failed, len(records))
 
-    sim = streamed_similarity(model, text, video, eval_cfg.text_block, progress)
+    sim = streamed_similarity(model, text, video, eval_cfg.similarity_block, progress)
     scale = logit_scale_of(model)
     gallery_ids = [records[i].video_id for i in video_index.tolist()]
     columns = subset_columns(subsets, gallery_ids) if subsets else None
@@ -160,6 +154,9 @@ def evaluate_with_rerank(
         dsl_temperature=eval_cfg.dsl_temperature / scale,
         subsets=columns,
     )
-    results.update(rerank_results(model, sim, text, video, text_to_video, k, w_rr, columns))
+    if model.fusion is not None:
+        results.update(rerank_results(model, sim, text, video, text_to_video, k, w_rr, columns))
+    else:
+        logger.info("model.clip2tv.vtm is off: reporting the vta ranking only")
     results["num_failed_videos"] = num_failed
     return results

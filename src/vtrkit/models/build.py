@@ -42,10 +42,10 @@ def build_model(cfg: ModelConfig, data: DataConfig) -> tuple[RetrievalModel, Tok
     ``data.num_frames`` (Nf) and ``data.max_words`` (Nw) size the temporal position table and the
     X-CLIP mixing matrices, so a model must be used with the same values it was built with.
     """
-    if cfg.kind in ("clip2tv", "videoclip"):
-        raise NotImplementedError(
-            f"model.kind={cfg.kind!r}: this model is not available in this build of vtrkit "
-            f"(vtrkit.models.{cfg.kind} is missing); use meanP, seqTransf or xclip"
+    if cfg.kind == "videoclip":
+        raise ValueError(
+            "model.kind=videoclip trains on stored per-second features, not frames: use "
+            "`vtrkit videoclip-train` (vtrkit.videoclip)"
         )
     if data.num_frames > MAX_FRAME_POSITIONS:
         raise ValueError(
@@ -64,6 +64,11 @@ def build_model(cfg: ModelConfig, data: DataConfig) -> tuple[RetrievalModel, Tok
         if temporal is None:
             log.warning("model.kind=seqTransf with the temporal encoder off is meanP")
         model = Clip4Clip(towers, temporal)
+    elif cfg.kind == "clip2tv":
+        from vtrkit.models.clip2tv import Clip2TV
+
+        vta = Clip4Clip(towers, build_temporal(cfg, width, towers))
+        model = Clip2TV(vta, width, cfg.clip2tv)
     elif cfg.kind == "xclip":
         head = XClipHead(width, data.max_words, data.num_frames, cfg.xclip)
         model = XClip(towers, build_temporal(cfg, width, towers), head)
