@@ -200,7 +200,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/clip2tv_ablation"))
     parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS))
-    parser.add_argument("--steps", type=int, default=1000, help="optimiser steps per arm")
+    parser.add_argument("--steps", type=int, default=500, help="optimiser steps per arm")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--n-test", type=int, default=1000)
