@@ -52,19 +52,11 @@ def evaluate(
 ) -> None:
     """Evaluate a checkpoint: R@1/5/10, MdR, MnR in both directions, raw and DSL (labelled)."""
     from vtrkit.eval.report import format_results_table
-    from vtrkit.train.checkpoint import load_checkpoint_config
+    from vtrkit.train.checkpoint import config_for_checkpoint
     from vtrkit.train.pipeline import evaluate_checkpoint
 
     try:
-        if config is not None:
-            cfg = load_config(config, set_)
-        elif set_:
-            from vtrkit.config import apply_overrides, config_from_dict
-
-            base = load_checkpoint_config(checkpoint).model_dump(mode="json")
-            cfg = config_from_dict(apply_overrides(base, set_), f"{checkpoint} with overrides")
-        else:
-            cfg = None
+        cfg = config_for_checkpoint(checkpoint, config, set_)
         results = evaluate_checkpoint(checkpoint, split, cfg, device=device, output=output)
     except (ConfigError, FileNotFoundError) as exc:
         _fail(str(exc))

@@ -120,19 +120,11 @@ def videoclip_eval(
     device: str = typer.Option("cpu", help="cpu or cuda."),
 ) -> None:
     """Zero-shot retrieval, multiple-choice QA and step localisation of a trained VideoCLIP."""
+    from vtrkit.train.checkpoint import config_for_checkpoint
     from vtrkit.videoclip.train import evaluate_videoclip_checkpoint
 
     try:
-        if config is not None:
-            cfg = load_config(config, set_)
-        elif set_:
-            from vtrkit.config import apply_overrides, config_from_dict
-            from vtrkit.train.checkpoint import load_checkpoint_config
-
-            base = load_checkpoint_config(checkpoint).model_dump(mode="json")
-            cfg = config_from_dict(apply_overrides(base, set_), f"{checkpoint} with overrides")
-        else:
-            cfg = None
+        cfg = config_for_checkpoint(checkpoint, config, set_)
         metrics = evaluate_videoclip_checkpoint(checkpoint, split, cfg, device)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))

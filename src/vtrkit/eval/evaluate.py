@@ -310,6 +310,70 @@ def subset_columns(
     return out
 
 
+@dataclasses.dataclass
+class EncodedRecords:
+    """Every video and caption of some records encoded once, aligned for scoring.
+
+    video: [V, ...] features of the videos that decoded; text: [T, ...] features of their captions;
+    text_to_video: [T] gallery column of each caption's video; gallery_ids: [V] video ids;
+    num_failed: videos that failed to decode (their captions are dropped from the queries).
+    """
+
+    video: VideoFeatures
+    text: TextFeatures
+    text_to_video: Tensor
+    gallery_ids: list[str]
+    num_failed: int
+
+
+def encode_records(
+    model: RetrievalModel,
+    records: Sequence[VideoRecord],
+    tokenizer: Tokenize,
+    data_cfg: DataConfig,
+    eval_cfg: EvalConfig,
+    device: torch.device,
+    progress: bool = False,
+) -> EncodedRecords:
+    """Decode and encode each video once (mode "videos") and each caption once (mode "texts")."""
+    from vtrkit.data.dataset import VideoTextDataset, collate
+
+    def loader(mode: str, batch_size: int) -> DataLoader:
+        return DataLoader(
+            VideoTextDataset.from_config(records, tokenizer, data_cfg, mode),  # type: ignore[arg-type]
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=data_cfg.num_workers,
+            collate_fn=collate,
+        )
+
+    video, video_index = encode_videos_with_index(
+        model, loader("videos", eval_cfg.video_batch), device, progress
+    )
+    text, text_video_index = encode_texts_with_index(
+        model, loader("texts", eval_cfg.text_block), device, progress
+    )
+    # Record index -> gallery column; captions of videos that failed to decode are dropped.
+    column = torch.full((len(records),), -1, dtype=torch.long)
+    column[video_index] = torch.arange(len(video_index))
+    text_to_video = column[text_video_index]
+    kept = text_to_video >= 0
+    num_failed = len(records) - len(video_index)
+    if num_failed:
+        logger.warning(
+            "%d of %d videos failed to decode; %d captions dropped from the queries",
+            num_failed,
+            len(records),
+            int((~kept).sum()),
+        )
+    if not kept.all():
+        rows = kept.nonzero().squeeze(1).to(text.sentence.device)
+        text = TextFeatures(text.sentence[rows], text.words[rows], text.mask[rows])
+        text_to_video = text_to_video[kept]
+    gallery_ids = [records[i].video_id for i in video_index.tolist()]
+    return EncodedRecords(video, text, text_to_video, gallery_ids, num_failed)
+
+
 def evaluate(
     model: RetrievalModel,
     records: Sequence[VideoRecord],
@@ -334,7 +398,6 @@ def evaluate(
     bank_captions: QB-Norm query bank (required when ``eval_cfg.qb_norm``), e.g. training captions.
     Returns the dict of :func:`evaluate_features` plus ``num_failed_videos``.
     """
-    from vtrkit.data.dataset import VideoTextDataset, collate
 
     eval_cfg = eval_cfg if eval_cfg is not None else EvalConfig()
     dev = torch.device(device) if device is not None else model_device(model)
@@ -347,51 +410,8 @@ def evaluate(
         subsets = load_subsets(eval_cfg.subsets)
     records = with_default_window(records, data_cfg.window)
 
-    def dataset(mode: str) -> VideoTextDataset:
-        return VideoTextDataset(
-            records,
-            tokenizer,
-            num_frames=data_cfg.num_frames,
-            max_words=data_cfg.max_words,
-            image_size=data_cfg.image_size,
-            fps=data_cfg.fps,
-            mode=mode,
-            cache=data_cfg.frame_cache,
-        )
-
-    def loader(mode: str, batch_size: int) -> DataLoader:
-        return DataLoader(
-            dataset(mode),
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=data_cfg.num_workers,
-            collate_fn=collate,
-        )
-
-    video, video_index = encode_videos_with_index(
-        model, loader("videos", eval_cfg.video_batch), dev, progress
-    )
-    text, text_video_index = encode_texts_with_index(
-        model, loader("texts", eval_cfg.text_block), dev, progress
-    )
-
-    # Record index -> gallery column; captions of videos that failed to decode are dropped.
-    column = torch.full((len(records),), -1, dtype=torch.long)
-    column[video_index] = torch.arange(len(video_index))
-    text_to_video = column[text_video_index]
-    kept = text_to_video >= 0
-    num_failed = len(records) - len(video_index)
-    if num_failed:
-        logger.warning(
-            "%d of %d videos failed to decode; %d captions dropped from the queries",
-            num_failed,
-            len(records),
-            int((~kept).sum()),
-        )
-    if not kept.all():
-        keep_rows = kept.nonzero().squeeze(1).to(text.sentence.device)
-        text = TextFeatures(text.sentence[keep_rows], text.words[keep_rows], text.mask[keep_rows])
-        text_to_video = text_to_video[kept]
+    enc = encode_records(model, records, tokenizer, data_cfg, eval_cfg, dev, progress)
+    text, video, text_to_video = enc.text, enc.video, enc.text_to_video
 
     sim = streamed_similarity(model, text, video, eval_cfg.similarity_block, progress)
     scale = logit_scale_of(model)
@@ -401,7 +421,7 @@ def evaluate(
             model, tokenizer, bank_captions, data_cfg.max_words, eval_cfg.text_block, dev
         )
         bank = streamed_similarity(model, bank_text, video, eval_cfg.similarity_block, progress)
-    gallery_ids = [records[i].video_id for i in video_index.tolist()]
+    gallery_ids = enc.gallery_ids
     results = evaluate_features(
         sim,
         text_to_video,
@@ -412,5 +432,5 @@ def evaluate(
         qb_beta=eval_cfg.qb_beta / scale,
         qb_k=eval_cfg.qb_k,
     )
-    results["num_failed_videos"] = num_failed
+    results["num_failed_videos"] = enc.num_failed
     return results

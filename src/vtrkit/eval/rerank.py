@@ -18,15 +18,13 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from vtrkit.config import DataConfig, EvalConfig
 from vtrkit.data.records import VideoRecord
 from vtrkit.eval.evaluate import (
     IndexLike,
     Tokenize,
-    encode_texts_with_index,
-    encode_videos_with_index,
+    encode_records,
     evaluate_features,
     load_subsets,
     logit_scale_of,
@@ -108,45 +106,18 @@ def evaluate_with_rerank(
     ``subsets``) updated with :func:`rerank_results` (when the model has its vtm head) and
     ``num_failed_videos``.
     """
-    from vtrkit.data.dataset import VideoTextDataset, collate
-
     eval_cfg = eval_cfg if eval_cfg is not None else EvalConfig()
     dev = torch.device(device) if device is not None else model_device(model)
     if subsets is None and eval_cfg.subsets is not None:
         subsets = load_subsets(eval_cfg.subsets)
     records = with_default_window(records, data_cfg.window)
 
-    def loader(mode: str, batch_size: int) -> DataLoader:
-        return DataLoader(
-            VideoTextDataset.from_config(records, tokenizer, data_cfg, mode),  # type: ignore[arg-type]
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=data_cfg.num_workers,
-            collate_fn=collate,
-        )
-
-    video, video_index = encode_videos_with_index(
-        model, loader("videos", eval_cfg.video_batch), dev, progress
-    )
-    text, text_video_index = encode_texts_with_index(
-        model, loader("texts", eval_cfg.text_block), dev, progress
-    )
-    column = torch.full((len(records),), -1, dtype=torch.long)
-    column[video_index] = torch.arange(len(video_index))
-    text_to_video = column[text_video_index]
-    kept = text_to_video >= 0
-    if not kept.all():
-        rows = kept.nonzero().squeeze(1).to(text.sentence.device)
-        text = TextFeatures(text.sentence[rows], text.words[rows], text.mask[rows])
-        text_to_video = text_to_video[kept]
-    num_failed = len(records) - len(video_index)
-    if num_failed:
-        logger.warning("%d of %d videos failed to decode", num_failed, len(records))
+    enc = encode_records(model, records, tokenizer, data_cfg, eval_cfg, dev, progress)
+    text, video, text_to_video = enc.text, enc.video, enc.text_to_video
 
     sim = streamed_similarity(model, text, video, eval_cfg.similarity_block, progress)
     scale = logit_scale_of(model)
-    gallery_ids = [records[i].video_id for i in video_index.tolist()]
-    columns = subset_columns(subsets, gallery_ids) if subsets else None
+    columns = subset_columns(subsets, enc.gallery_ids) if subsets else None
     results = evaluate_features(
         sim,
         text_to_video,
@@ -158,5 +129,5 @@ def evaluate_with_rerank(
         results.update(rerank_results(model, sim, text, video, text_to_video, k, w_rr, columns))
     else:
         logger.info("model.clip2tv.vtm is off: reporting the vta ranking only")
-    results["num_failed_videos"] = num_failed
+    results["num_failed_videos"] = enc.num_failed
     return results

@@ -153,6 +153,21 @@ def load_checkpoint_config(folder: str | Path) -> Config:
     return load_config(folder / CONFIG_FILE)
 
 
+def config_for_checkpoint(
+    checkpoint: str | Path, config: str | Path | None = None, overrides: list[str] | None = None
+) -> Config | None:
+    """The config to evaluate ``checkpoint`` with: ``config`` (a YAML file) with ``overrides``,
+    else the checkpoint's saved config with ``overrides``, else None (use the saved one as is)."""
+    from vtrkit.config import apply_overrides, config_from_dict
+
+    if config is not None:
+        return load_config(config, overrides)
+    if overrides:
+        base = load_checkpoint_config(checkpoint).model_dump(mode="json")
+        return config_from_dict(apply_overrides(base, overrides), f"{checkpoint} with overrides")
+    return None
+
+
 def load_training_state(
     folder: str | Path,
     model: nn.Module,
