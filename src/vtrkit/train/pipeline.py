@@ -139,5 +139,5 @@ def evaluate_checkpoint(
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2))
-    log.info("\n%s", format_results_table(results, title=f"{cfg.name} on {split}"))
+    log.debug("\n%s", format_results_table(results, title=f"{cfg.name} on {split}"))
     return results
