@@ -151,6 +151,15 @@ def test_vtm_gradient_reaches_fusion_and_encoders(vta_and_tokenizer, batch):
     assert token_grad.abs().sum() > 0
 
 
+def test_build_model_makes_clip2tv_around_seqtransf():
+    cfg = _config()
+    cfg.model.kind = "clip2tv"
+    model, _ = build_model(cfg.model, cfg.data)
+    assert isinstance(model, Clip2TV) and isinstance(model.vta, Clip4Clip)
+    assert model.vta.temporal is not None and model.fusion.width == D
+    assert model.logit_scale is model.vta.towers.logit_scale
+
+
 def test_param_groups_cover_every_parameter_once(vta_and_tokenizer):
     model = _model(vta_and_tokenizer, vtm=True, sd=True)
     backbone, new = model.param_groups()

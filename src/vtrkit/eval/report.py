@@ -21,6 +21,7 @@ DIRECTIONS = ("t2v", "v2t")
 ROW_LABELS = {
     "raw": "raw",
     "dsl": "DSL (post-processed)",
+    "rerank": "vtm re-ranked (top-K)",
     "qb_norm": "QB-Norm (post-processed)",
 }
 """Post-processed rows are labelled as such: published numbers use neither."""
@@ -47,6 +48,8 @@ def result_rows(
             rows.append((label, results[key]))
     for name, metrics in results.get("subsets", {}).items():
         rows.append((f"subset: {name}", metrics))
+    for name, metrics in results.get("rerank_subsets", {}).items():
+        rows.append((f"subset: {name}, re-ranked", metrics))
     return rows
 
 

@@ -51,6 +51,20 @@ def run_evaluation(
     subsets: dict[str, list[str]] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
+    """Evaluate; a CLIP2TV model with its matching head also reports vtm re-ranked numbers."""
+    if getattr(model, "fusion", None) is not None:
+        from vtrkit.eval.rerank import evaluate_with_rerank
+
+        return evaluate_with_rerank(
+            model,  # type: ignore[arg-type]
+            records,
+            tokenizer,
+            cfg.data,
+            cfg.eval,
+            device,
+            subsets=subsets or {},
+            progress=progress,
+        )
     return evaluate(
         model,
         records,
