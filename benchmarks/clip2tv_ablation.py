@@ -1,7 +1,7 @@
 """CLIP2TV ablation on the synthetic benchmark with vague training captions: prints a Markdown table.
 
-Arms, trained under the same budget (same optimiser steps, seed, data order and tiny CLIP from
-scratch as the demo):
+Arms, trained under the same budget (same optimiser steps, seed, data order and initial weights of
+a tiny CLIP trained from scratch, as in the demo):
 
 - ``vta``: the seqTransf dual encoder alone (CLIP2TV with vtm and SD off);
 - ``vta+vtm``: plus video–text matching on hard negatives; evaluated by vta ranking and by vtm
@@ -13,7 +13,8 @@ The training split has ``--vague`` (default 30%) of its captions replaced by vag
 moves"), so many training videos share a caption: the false negatives SD is meant to soften.
 Evaluation is on the 1,000-video clean test split, overall and on the "order" / "attribute" subsets.
 
-Run (about half an hour on 2 busy CPU cores with the defaults)::
+Run (about 30 minutes on 2 shared CPU cores with the defaults: 6-16 min per arm, plus generating
+the data and filling the frame cache once)::
 
     PYTHONPATH=src python benchmarks/clip2tv_ablation.py --out runs/clip2tv_ablation
 
@@ -38,7 +39,6 @@ from vtrkit.config import Config, apply_overrides, config_from_dict
 from vtrkit.data.datasets import read_dataset
 from vtrkit.eval.rerank import evaluate_with_rerank
 from vtrkit.models.build import build_model
-from vtrkit.models.clip2tv import Clip2TV
 from vtrkit.train.distributed import setup
 from vtrkit.train.loop import fit, seed_everything
 from vtrkit.train.pipeline import make_train_dataset
@@ -127,14 +127,6 @@ def arm_config(args: argparse.Namespace, data: Path, name: str) -> Config:
     return config_from_dict(apply_overrides(copy.deepcopy(BASE), overrides), "clip2tv_ablation")
 
 
-def build_clip2tv(cfg: Config) -> tuple[Clip2TV, Any]:
-    """The seqTransf CLIP4Clip model of ``cfg`` wrapped in CLIP2TV (what build.py's branch does)."""
-    vta_cfg = cfg.model.model_copy(update={"kind": "seqTransf"})
-    vta, tokenizer = build_model(vta_cfg, cfg.data)
-    width = vta.towers.embed_dim  # type: ignore[union-attr]
-    return Clip2TV(vta, width, cfg.model.clip2tv), tokenizer
-
-
 def warm_cache(cfg: Config, records: list) -> None:
     """Decode every video once into the frame cache before any clock starts."""
     from torch.utils.data import DataLoader
@@ -150,7 +142,7 @@ def run_arm(
     cfg: Config, train_records: list, test_records: list, subsets: dict[str, list[str]]
 ) -> dict[str, Any]:
     seed_everything(cfg.train.seed)
-    model, tokenizer = build_clip2tv(cfg)
+    model, tokenizer = build_model(cfg.model, cfg.data)
     dataset, collate = make_train_dataset(cfg, tokenizer, train_records)
     info = setup("cpu")
     # resume: an interrupted arm continues from its last epoch checkpoint.
