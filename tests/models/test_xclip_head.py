@@ -241,3 +241,42 @@ def test_aggregate_matches_reference_along_any_axis(reduction: str, masked: bool
         x.transpose(1, 2), mix, -1, reduction, 0.2, None if mask is None else mask.transpose(1, 2)
     )  # type: ignore[arg-type]
     torch.testing.assert_close(last, got)
+
+
+def _with_grad(p: XClipParams) -> XClipParams:
+    return XClipParams(*(m.clone().requires_grad_(True) for m in vars(p).values()))
+
+
+@pytest.mark.parametrize("mask_padding", [False, True])
+@pytest.mark.parametrize("aggregation", ["attention", "mean-max", "max-mean"])
+def test_training_path_equals_buffered_inference_path(aggregation: str, mask_padding: bool) -> None:
+    # Under autograd the head uses out-of-place ops; without it, reusable scratch buffers. Both
+    # must give the reference numbers, and the training path must carry gradients.
+    s, w, wm, v, f, fm, p = random_inputs(seed=8)
+    cfg = XClipConfig(aggregation=aggregation, mask_padding=mask_padding, tau=0.05)
+    want = reference_scores(s, w, wm, v, f, fm, p, cfg)
+    with torch.no_grad():
+        inference = xclip_scores(s, w, wm, prepare_video(v, f, fm, p), p, cfg, text_block=2)
+    trainable = _with_grad(p)
+    words = w.clone().requires_grad_(True)
+    training = xclip_scores(
+        s, words, wm, prepare_video(v, f, fm, trainable), trainable, cfg, text_block=2
+    )
+    assert training.requires_grad
+    torch.testing.assert_close(inference, want, atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(training.detach(), want, atol=1e-10, rtol=1e-8)
+    training.square().sum().backward()
+    assert words.grad is not None and torch.isfinite(words.grad).all()
+    assert words.grad.abs().sum() > 0
+
+
+def test_gradients_match_finite_differences() -> None:
+    s, w, wm, v, f, fm, p = random_inputs(seed=9)
+    cfg = XClipConfig(mask_padding=True, tau=0.3)
+
+    def scores(words: torch.Tensor, word_first: torch.Tensor, frame_first: torch.Tensor):
+        q = XClipParams(**{**vars(p), "word_first": word_first, "frame_first": frame_first})
+        return xclip_scores(s, words, wm, prepare_video(v, f, fm, q), q, cfg, text_block=2)
+
+    inputs = tuple(x.clone().requires_grad_(True) for x in (w, p.word_first, p.frame_first))
+    assert torch.autograd.gradcheck(scores, inputs, eps=1e-6, atol=1e-6)
