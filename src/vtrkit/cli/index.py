@@ -1,4 +1,5 @@
-"""Index and search commands: ``vtrkit index build|add|status``, ``vtrkit search``, ``vtrkit serve``."""
+"""Index and search commands: ``vtrkit index build|add|compact|status``, ``vtrkit search``,
+``vtrkit serve``."""
 
 from __future__ import annotations
 
@@ -117,6 +118,19 @@ def add(
     typer.echo(report.summary())
 
 
+@index_app.command("compact")
+@_user_errors
+def compact(
+    library: Path = typer.Argument(..., help="Index folder."),
+) -> None:
+    """Rewrite the feature store without the dead rows of removed or re-encoded videos.
+    Search results are unchanged. Safe to interrupt: the index stays usable either way."""
+    from vtrkit.index.compact import compact_index
+
+    report = compact_index(library, progress=True)
+    typer.echo(report.summary())
+
+
 @index_app.command("status")
 @_user_errors
 def status(
@@ -146,6 +160,11 @@ def status(
         f"{library}: {c['videos']} videos, {c['windows']} windows, {c['failed']} failed, "
         f"{c['dead_rows']} dead feature rows"
     )
+    if c["dead_rows"]:
+        typer.echo(
+            f"  dead rows belong to removed or re-encoded videos; run `vtrkit index compact "
+            f"{library}` to reclaim their space"
+        )
     typer.echo(
         f"model {s.fingerprint} ({s.describe_source()}); windows of {s.window_length:g} s every "
         f"{s.window_stride:g} s; {s.num_frames} frames at {s.fps:g} fps, {s.image_size} px"

@@ -27,6 +27,7 @@ from vtrkit.index.catalog import Catalog, FileStat, NewWindow
 from vtrkit.index.decoding import DecodedVideo, decode_windows
 from vtrkit.index.encoder import Encoder
 from vtrkit.index.library import CATALOG_FILE, IndexSettings, Library, check_encoder
+from vtrkit.index.lock import writer_lock
 from vtrkit.models.base import VideoFeatures
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,18 @@ class IndexUpdater:
     def update(self, paths: Iterable[Path], remove_missing: bool) -> BuildReport:
         """Encode new and changed ``paths``; with ``remove_missing`` drop every catalogued video
         not among them (a build mirrors its source), otherwise only videos whose files are gone
-        from among ``paths`` are left alone (``add`` is additive)."""
+        from among ``paths`` are left alone (``add`` is additive).
+
+        Holds the index's writer lock throughout (:class:`~vtrkit.index.lock.IndexBusyError` if
+        another build, add or compaction is running)."""
+        with writer_lock(self.library.folder):
+            # Another writer may have committed (or compacted into a new store folder) since this
+            # library was opened: append after its rows, to the active folder.
+            self.library.refresh()
+            self.library.remove_leftovers()
+            return self._update(paths, remove_missing)
+
+    def _update(self, paths: Iterable[Path], remove_missing: bool) -> BuildReport:
         started = time.perf_counter()
         report = BuildReport()
         catalog = self.library.catalog

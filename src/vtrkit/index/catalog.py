@@ -5,6 +5,9 @@ store and flushed first; then one transaction records the video, its windows (ea
 store row), its thumbnails and the new committed row count. A process killed at any moment leaves
 either the whole video or none of it, and store rows past the committed count are ignored.
 
+Compaction (:mod:`vtrkit.index.compact`) also commits in one transaction: it renumbers every
+window's row, sets the row count and names the new feature-store folder in ``meta``.
+
 Tables: ``videos(id, path, size, mtime_ns, hash, status, error, duration)``,
 ``windows(id, video_id, start_s, end_s, row)``, ``thumbs(window_id, jpeg)``, ``meta(key, value)``.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,14 @@ from typing import Any
 import numpy as np
 
 SCHEMA_VERSION = "1"
+"""The schema new catalogs are created with."""
+COMPACTED_SCHEMA_VERSION = "2"
+"""Same tables, but ``meta['store']`` names the feature-store folder. Compaction sets it so that a
+vtrkit without compaction refuses the catalog instead of reading rows renumbered for another folder
+from the old ``features/`` (which may survive a crash) and silently returning wrong windows."""
+READABLE_SCHEMAS = frozenset({SCHEMA_VERSION, COMPACTED_SCHEMA_VERSION})
+STORE_KEY = "store"
+"""``meta`` key naming the active feature-store folder; absent in indexes never compacted."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -124,9 +135,10 @@ class Catalog:
             if self.get_meta("schema") is None:
                 self.set_meta({"schema": SCHEMA_VERSION, "rows": "0", "generation": "0"})
         schema = self.get_meta("schema")
-        if schema != SCHEMA_VERSION:
+        if schema not in READABLE_SCHEMAS:
             raise CatalogError(
-                f"{self.path}: catalog schema {schema!r}, this vtrkit reads {SCHEMA_VERSION!r}; "
+                f"{self.path}: catalog schema {schema!r}, this vtrkit reads "
+                f"{' or '.join(repr(v) for v in sorted(READABLE_SCHEMAS))}; "
                 "rebuild the index with this version"
             )
 
@@ -169,8 +181,16 @@ class Catalog:
 
     @property
     def generation(self) -> int:
-        """Bumped by every change to the set of windows (lets derived files detect staleness)."""
+        """Bumped by every change to the set of windows or their rows (lets derived files detect
+        staleness)."""
         return int(self.get_meta("generation") or 0)
+
+    def store_state(self) -> tuple[str | None, int, int]:
+        """(store folder name or None for the original ``features/``, committed rows, generation),
+        read in one statement so the three always belong to the same commit (a compaction changes
+        them together, and reading them one by one could pair a folder with another's count)."""
+        with self._lock:
+            return self._store_state_locked()
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -311,6 +331,75 @@ class Catalog:
             self._db.executemany("DELETE FROM videos WHERE id = ?", [(v,) for v in ids])
             self._set_meta({"generation": self.generation + 1})
         return len(ids)
+
+    def commit_compaction(
+        self,
+        live_rows: np.ndarray,
+        store: str,
+        expected: tuple[str | None, int, int],
+        before_commit: Callable[[], None] | None = None,
+    ) -> None:
+        """Point the catalog at a compacted feature store, in one transaction.
+
+        ``live_rows`` are the sorted rows of all windows when the compacted store was written, in
+        the order it holds them: the window at ``live_rows[i]`` moves to row ``i``. ``store`` is
+        the new folder's name and ``expected`` the :meth:`store_state` the copy was made from; if
+        anything committed since, the compacted copy is stale and :class:`CatalogError` is raised
+        with nothing changed. ``before_commit`` runs inside the transaction just before COMMIT
+        (tests kill the process there to show a torn compaction is rolled back).
+        """
+        live = np.asarray(live_rows, dtype=np.int64)
+        with self._lock:
+            # The old store is deleted right after this commit, so the commit must survive a
+            # power loss too: with NORMAL a WAL commit can be lost, and the catalog would then
+            # name a deleted folder. FULL syncs the WAL before COMMIT returns.
+            self._db.execute("PRAGMA synchronous = FULL")
+            try:
+                self._commit_compaction(live, store, expected, before_commit)
+            finally:
+                self._db.execute("PRAGMA synchronous = NORMAL")
+
+    def _commit_compaction(
+        self,
+        live: np.ndarray,
+        store: str,
+        expected: tuple[str | None, int, int],
+        before_commit: Callable[[], None] | None,
+    ) -> None:
+        with self._transaction():
+            state = self._store_state_locked()
+            windows = self._db.execute("SELECT COUNT(*) FROM windows").fetchone()[0]
+            if state != expected or windows != len(live):
+                raise CatalogError(
+                    f"{self.path} changed while it was being compacted (another writer?); "
+                    "nothing was changed, run `vtrkit index compact` again"
+                )
+            # windows.row is UNIQUE and SQLite checks that row by row. Renumbering in ascending
+            # order of the old row never collides: the new row i is at most the old row live[i],
+            # rows below i already belong to renumbered windows, and every window not yet
+            # renumbered has an old row above live[i].
+            self._db.executemany(
+                "UPDATE windows SET row = ? WHERE row = ?",
+                ((new, old) for new, old in enumerate(live.tolist()) if new != old),
+            )
+            self._set_meta(
+                {
+                    "rows": len(live),
+                    "generation": state[2] + 1,
+                    STORE_KEY: store,
+                    "schema": COMPACTED_SCHEMA_VERSION,
+                }
+            )
+            if before_commit is not None:
+                before_commit()
+
+    def _store_state_locked(self) -> tuple[str | None, int, int]:
+        found = dict(
+            self._db.execute(
+                "SELECT key, value FROM meta WHERE key IN (?, 'rows', 'generation')", (STORE_KEY,)
+            ).fetchall()
+        )
+        return found.get(STORE_KEY), int(found.get("rows", 0)), int(found.get("generation", 0))
 
     def _upsert_video(
         self, stat: FileStat, status: str, error: str | None, duration: float | None

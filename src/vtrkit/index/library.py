@@ -4,6 +4,13 @@ Layout: ``catalog.sqlite`` (videos, windows, thumbnails, settings), ``features/`
 store), ``ann.faiss`` + ``ann.json`` (the nearest-neighbour index and the catalog generation it
 reflects). The ANN is derived data: when it is missing or older than the catalog it is brought up
 to date by diffing its ids against the catalog's live rows.
+
+Once compacted (:mod:`vtrkit.index.compact`) the store lives in ``features-<n>/`` instead, named by
+the catalog's ``meta['store']``, and its ANN files live inside that folder. Store rows (and so ANN
+ids) are renumbered by a compaction, so an ANN is only ever paired with the store folder it was
+built from: a file left by an older store can never be diffed against the new numbering. Store
+folders other than the active one are leftovers of a compaction (a crashed copy, or an old store
+not yet deleted): they are never opened, and writers delete them while holding the writer lock.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +28,7 @@ import numpy as np
 
 from vtrkit.index.ann import AnnConfig, AnnIndex, needs_rebuild
 from vtrkit.index.catalog import Catalog, CatalogError
-from vtrkit.index.store import FeatureStore
+from vtrkit.index.store import FeatureStore, StoreError, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +36,10 @@ CATALOG_FILE = "catalog.sqlite"
 FEATURES_DIR = "features"
 ANN_FILE = "ann.faiss"
 ANN_STATE_FILE = "ann.json"
+_STORE_NAME = re.compile(r"features(?:-([0-9]+))?")
+_RETRIES = 5
+"""Attempts at reading a consistent (store, catalog) pair while a compaction commits; each retry
+follows a commit, so more than one or two would need compactions back to back."""
 
 
 class IndexMismatchError(RuntimeError):
@@ -103,6 +116,14 @@ def check_encoder(settings: IndexSettings, encoder: Any, folder: Path) -> None:
             )
 
 
+def store_number(name: str) -> int | None:
+    """``features`` -> 0, ``features-<n>`` -> n, anything else (not a store folder) -> None."""
+    match = _STORE_NAME.fullmatch(name)
+    if match is None:
+        return None
+    return int(match.group(1) or 0)
+
+
 class Library:
     """The opened parts of one index folder."""
 
@@ -111,15 +132,12 @@ class Library:
         self.catalog = catalog
         self.settings = settings
         self.writable = writable
-        self.store = FeatureStore(
-            folder / FEATURES_DIR,
-            settings.dim,
-            settings.num_frames,
-            catalog.committed_rows,
-            writable,
-        )
+        self.store_name = FEATURES_DIR
+        """Folder name of the opened ``store`` (the active one when it was opened)."""
+        self.store: FeatureStore
         self._ann: AnnIndex | None = None
         self._ann_generation = -1
+        self._open_store()
 
     @classmethod
     def open(cls, folder: str | Path, writable: bool = False) -> Library:
@@ -168,59 +186,169 @@ class Library:
     def close(self) -> None:
         self.catalog.close()
 
+    @property
+    def store_dir(self) -> Path:
+        """Folder of the opened feature store."""
+        return self.folder / self.store_name
+
     def refresh(self) -> bool:
-        """Pick up commits made by another process (e.g. ``index add`` while serving)."""
-        rows = self.catalog.committed_rows
-        if rows == self.store.rows:
+        """Pick up commits made by another process (``index add`` or ``index compact`` while
+        serving): reopen the store when the committed row count or the active folder changed."""
+        name, rows, _ = self.catalog.store_state()
+        if (name or FEATURES_DIR) == self.store_name and rows == self.store.rows:
             return False
-        self.store = FeatureStore(
-            self.folder / FEATURES_DIR,
-            self.settings.dim,
-            self.settings.num_frames,
-            rows,
-            self.writable,
-        )
+        self._open_store()
         return True
+
+    def store_is_current(self) -> bool:
+        """Whether the opened store is still the active one. Store names are never reused, so
+        if this holds after reading catalog rows and store features, no compaction committed
+        between the store being opened and now, and both used the same row numbering."""
+        name, _, _ = self.catalog.store_state()
+        return (name or FEATURES_DIR) == self.store_name
+
+    def _open_store(self) -> None:
+        for _ in range(_RETRIES):
+            state = self.catalog.store_state()
+            name, rows = state[0] or FEATURES_DIR, state[1]
+            if store_number(name) is None:
+                raise CatalogError(
+                    f"{self.folder}: the catalog names the feature folder {name!r}, which is not "
+                    "a store folder name; the catalog is damaged, rebuild the index"
+                )
+            try:
+                if not (self.folder / name).is_dir() and (name != FEATURES_DIR or rows):
+                    # A writable FeatureStore creates a missing folder, which is right only for
+                    # the first build; never recreate a store that rows were committed to.
+                    raise StoreError(
+                        f"feature folder {self.folder / name} is missing; rebuild the index"
+                    )
+                store = FeatureStore(
+                    self.folder / name,
+                    self.settings.dim,
+                    self.settings.num_frames,
+                    rows,
+                    self.writable,
+                )
+            except StoreError:
+                # A compaction may have committed and deleted this folder between reading the
+                # catalog and opening the files: try again with the new state.
+                if self.catalog.store_state() != state:
+                    continue
+                raise
+            self.store, self.store_name = store, name
+            return
+        raise StoreError(f"{self.folder} kept changing while being opened; try again")
+
+    def next_store_name(self) -> str:
+        """Folder name for the next compacted store: ``features-<n+1>`` after ``features-<n>``,
+        skipping any leftover folder that could not be deleted, so the new folder starts empty."""
+        numbers = [store_number(self.store_name) or 0]
+        numbers += [store_number(p.name) or 0 for p in self.leftovers() if p.is_dir()]
+        return f"{FEATURES_DIR}-{max(numbers) + 1}"
+
+    def leftovers(self) -> list[Path]:
+        """Files and folders that belonged to a store other than the active one: store folders
+        left by a compaction (a crashed copy, an old store not yet deleted) and, once compacted,
+        the original store's top-level ANN files."""
+        active, _, _ = self.catalog.store_state()
+        active = active or FEATURES_DIR
+        found = [
+            p
+            for p in self.folder.iterdir()
+            if p.is_dir() and store_number(p.name) is not None and p.name != active
+        ]
+        if active != FEATURES_DIR:
+            for name in (ANN_FILE, ANN_STATE_FILE):
+                found += [
+                    p for p in (self.folder / name, self.folder / f"{name}.tmp") if p.exists()
+                ]
+        return sorted(found)
+
+    def remove_leftovers(self) -> list[Path]:
+        """Delete :meth:`leftovers` and return what was deleted. Only call while holding the
+        writer lock (:func:`vtrkit.index.lock.writer_lock`): a compaction in progress writes a
+        folder that is not active yet, and without the lock it could be deleted under it.
+
+        Best effort: leftovers are never read, so one that cannot be deleted (e.g. on Windows,
+        while a server still maps its files) is logged and left for the next writer."""
+        if not self.writable:
+            raise CatalogError(f"{self.folder} is open read-only; open it writable to clean it")
+        removed = []
+        for path in self.leftovers():
+            log.info("removing %s (left by an earlier feature store)", path)
+            try:
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            except OSError as exc:
+                log.warning("could not delete %s (it is not used any more): %s", path, exc)
+                continue
+            removed.append(path)
+        if removed:
+            fsync_dir(self.folder)
+        return removed
 
     # -- ANN ----------------------------------------------------------------------------------
 
     def ann(self, config: AnnConfig = AnnConfig()) -> AnnIndex:
         """The ANN over all live windows, brought up to date with the catalog when needed."""
-        generation = self.catalog.generation
-        if self._ann is not None and self._ann_generation == generation:
-            return self._ann
-        self.refresh()
-        ann = self._load_ann(generation)
-        if ann is None:
-            ann = self._sync_ann(config)
+        for _ in range(_RETRIES):
+            # Every commit that changes windows or rows bumps the generation (a compaction too),
+            # so an unchanged generation means the cached ANN still matches the catalog.
+            generation = self.catalog.generation
+            if self._ann is not None and self._ann_generation == generation:
+                return self._ann
+            self.refresh()
+            ann = self._load_ann(generation)
+            if ann is None:
+                ann = self._sync_ann(config)
+            if not self.store_is_current():
+                # A compaction committed while the live rows or ANN were read: they may mix two
+                # row numberings. Start again from the new store.
+                continue
             if self.writable:
-                ann.save(self.folder / ANN_FILE)
-                self._write_ann_state(generation)
-        self._ann, self._ann_generation = ann, generation
-        return ann
+                self._save_ann(ann, generation)
+            self._ann, self._ann_generation = ann, generation
+            return ann
+        raise StoreError(f"{self.folder} kept changing while its ANN was loaded; try again")
+
+    def _ann_paths(self) -> tuple[Path, Path]:
+        """(ANN file, ANN state file) of the opened store: top-level for the original
+        ``features/`` (as before compaction existed), inside the folder for a compacted store, so
+        an ANN can only be read back with the store whose row numbers it holds."""
+        where = self.folder if self.store_name == FEATURES_DIR else self.store_dir
+        return where / ANN_FILE, where / ANN_STATE_FILE
 
     def _load_ann(self, generation: int) -> AnnIndex | None:
-        state_path = self.folder / ANN_STATE_FILE
-        ann_path = self.folder / ANN_FILE
+        ann_path, state_path = self._ann_paths()
         if not (state_path.is_file() and ann_path.is_file()):
             return None
         try:
             state = json.loads(state_path.read_text())
-        except ValueError:
+        except (OSError, ValueError):
             return None
         if state.get("generation") != generation:
             return None
-        return AnnIndex.load(ann_path)
+        return _load_or_none(ann_path)
 
-    def _write_ann_state(self, generation: int) -> None:
-        tmp = self.folder / (ANN_STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps({"generation": generation}))
-        os.replace(tmp, self.folder / ANN_STATE_FILE)
+    def _save_ann(self, ann: AnnIndex, generation: int) -> None:
+        ann_path, state_path = self._ann_paths()
+        try:
+            ann.save(ann_path)
+            tmp = state_path.with_name(state_path.name + ".tmp")
+            tmp.write_text(json.dumps({"generation": generation}))
+            os.replace(tmp, state_path)
+        except OSError as exc:
+            # The ANN is a cache: a store folder deleted by a concurrent compaction (or a full
+            # disk) only means the next open rebuilds it.
+            log.warning("could not save the ANN to %s: %s", ann_path, exc)
 
     def _sync_ann(self, config: AnnConfig) -> AnnIndex:
         live = self.catalog.live_rows()
-        ann_path = self.folder / ANN_FILE
-        ann = AnnIndex.load(ann_path) if ann_path.is_file() else None
+        ann_path, _ = self._ann_paths()
+        ann = _load_or_none(ann_path) if ann_path.is_file() else None
         if ann is not None and (
             ann.dim != self.settings.dim or needs_rebuild(ann, len(live), config)
         ):
@@ -241,3 +369,12 @@ class Library:
     def _pooled(self, rows: np.ndarray) -> np.ndarray:
         """Pooled features of ``rows`` as float32 [n, D]."""
         return self.store.pooled(rows).astype(np.float32)
+
+
+def _load_or_none(path: Path) -> AnnIndex | None:
+    """The ANN at ``path``, or None when it cannot be read (it is rebuilt from the store then)."""
+    try:
+        return AnnIndex.load(path)
+    except (OSError, RuntimeError) as exc:  # faiss raises RuntimeError for missing/torn files
+        log.warning("ignoring unreadable ANN %s: %s", path, exc)
+        return None

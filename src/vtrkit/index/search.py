@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -29,14 +29,18 @@ from torch.nn import functional as F
 from vtrkit.index.ann import AnnConfig
 from vtrkit.index.builder import BuildReport, IndexUpdater, build_index, expand_sources
 from vtrkit.index.catalog import Catalog
+from vtrkit.index.compact import CompactReport, compact_library
 from vtrkit.index.decoding import decode_windows
 from vtrkit.index.encoder import Encoder, encoder_from_source
 from vtrkit.index.library import Library, check_encoder
+from vtrkit.index.store import StoreError
 from vtrkit.models.base import VideoFeatures
 
 log = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 1000
+_ATTEMPTS = 5
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,12 @@ class VideoIndex:
             self.last_report = report
             return report
 
+    def compact(self, progress: bool = False) -> CompactReport:
+        """Reclaim the feature rows of removed and re-encoded videos (see
+        :mod:`vtrkit.index.compact`); needs an index opened with ``writable=True``."""
+        with self._lock:
+            return compact_library(self.library, self.ann_config, progress=progress)
+
     # -- text -> video ------------------------------------------------------------------------
 
     def search(
@@ -165,15 +175,19 @@ class VideoIndex:
         with self._lock:
             query = self.encoder.encode_texts([text])
             wanted = max(k, rerank or 0)
-            rows, scores = self._nearest(query.sentence[0].numpy(), wanted, one_per_video)
-            if rerank:
-                top = rows[:rerank]
-                head = self.encoder.rerank_scores(query, self._video_features(top))[0]
-                head = head.double().numpy()
-                order = np.argsort(-head, kind="stable")
-                rows = np.concatenate([top[order], rows[rerank:]])
-                scores = np.concatenate([head[order], scores[rerank:]])
-            return self._results(rows, scores, k, one_per_video)
+
+            def run() -> list[SearchResult]:
+                rows, scores = self._nearest(query.sentence[0].numpy(), wanted, one_per_video)
+                if rerank:
+                    top = rows[:rerank]
+                    head = self.encoder.rerank_scores(query, self._video_features(top))[0]
+                    head = head.double().numpy()
+                    order = np.argsort(-head, kind="stable")
+                    rows = np.concatenate([top[order], rows[rerank:]])
+                    scores = np.concatenate([head[order], scores[rerank:]])
+                return self._results(rows, scores, k, one_per_video)
+
+            return self._consistent(run)
 
     # -- video -> video -----------------------------------------------------------------------
 
@@ -187,14 +201,18 @@ class VideoIndex:
         """
         _check_k(k)
         with self._lock:
-            features, own, _ = self._features_of(Path(video_path))
-            query = F.normalize(features.video.float().mean(0), dim=0).numpy()
-            skip = 0 if include_self else len(own)
-            rows, scores = self._nearest(query, k + skip, one_per_video=False)
-            if own and not include_self:
-                keep = ~np.isin(rows, np.asarray(own, dtype=np.int64))
-                rows, scores = rows[keep], scores[keep]
-            return self._results(rows, scores, k, one_per_video=False)
+
+            def run() -> list[SearchResult]:
+                features, own, _ = self._features_of(Path(video_path))
+                query = F.normalize(features.video.float().mean(0), dim=0).numpy()
+                skip = 0 if include_self else len(own)
+                rows, scores = self._nearest(query, k + skip, one_per_video=False)
+                if own and not include_self:
+                    keep = ~np.isin(rows, np.asarray(own, dtype=np.int64))
+                    rows, scores = rows[keep], scores[keep]
+                return self._results(rows, scores, k, one_per_video=False)
+
+            return self._consistent(run)
 
     # -- video -> text ------------------------------------------------------------------------
 
@@ -207,7 +225,7 @@ class VideoIndex:
         if not captions:
             raise ValueError("search_video_to_text needs at least one caption")
         with self._lock:
-            video, _, spans = self._features_of(Path(video_path))
+            video, _, spans = self._consistent(lambda: self._features_of(Path(video_path)))
             scores = self.encoder.rerank_scores(self.encoder.encode_texts(captions), video)
             best, where = scores.double().max(dim=1)
             order = torch.argsort(-best, stable=True).tolist()
@@ -217,6 +235,26 @@ class VideoIndex:
             ]
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _consistent(self, read: Callable[[], T]) -> T:
+        """Run ``read`` (which maps store rows to catalog windows) so that every row number it
+        used belongs to one store: a compaction committing midway renumbers the rows, and then
+        ``read`` runs again on the new store. Store folder names are never reused, so an
+        unchanged, still active name means no compaction committed while ``read`` ran."""
+        for _ in range(_ATTEMPTS):
+            self.library.refresh()
+            name = self.library.store_name
+            try:
+                result = read()
+            except StoreError:
+                # Rows of one numbering read from the other store can also fall out of range.
+                if self.library.store_name == name and self.library.store_is_current():
+                    raise
+                continue
+            if self.library.store_name == name and self.library.store_is_current():
+                return result
+            log.info("the index was compacted during a query; running it again")
+        raise StoreError(f"{self.library.folder} kept being compacted during a query; try again")
 
     def _nearest(self, query: np.ndarray, n: int, one_per_video: bool) -> tuple[np.ndarray, ...]:
         """ANN rows and cosine scores for one query vector [D], best first, dead rows dropped."""
@@ -292,6 +330,8 @@ class VideoIndex:
         ):
             windows = catalog.windows(known.id)
             rows = np.asarray([w.row for w in windows], dtype=np.int64)
+            # Rows committed by an add since the store was opened; a compaction meanwhile is
+            # caught by the caller (_consistent).
             self.library.refresh()
             spans = [(w.start, w.end) for w in windows]
             return self._video_features(rows), rows.tolist(), spans

@@ -1,6 +1,7 @@
 """Append-only, memory-mapped float16 feature arrays: one row per indexed window.
 
-Three files under ``features/``: ``pooled.f16`` [rows, D] (what the ANN searches),
+Three files in the store folder (``features/``, or ``features-<n>/`` once the index has been
+compacted, see :mod:`vtrkit.index.compact`): ``pooled.f16`` [rows, D] (what the ANN searches),
 ``frames.f16`` [rows, Nf, D] and ``mask.u8`` [rows, Nf] (what the model's head re-ranks with).
 ``layout.json`` records D and Nf. The store never decides which rows are valid: the catalog holds the
 committed row count, and the store is opened with it. Rows appended after that count belong to a
@@ -11,11 +12,17 @@ writer overwrites them, so no reader ever sees a torn row.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 LAYOUT_FILE = "layout.json"
+POOLED_FILE = "pooled.f16"
+FRAMES_FILE = "frames.f16"
+MASK_FILE = "mask.u8"
+STORE_FILES = (POOLED_FILE, FRAMES_FILE, MASK_FILE, LAYOUT_FILE)
 _GROW_ROWS = 1024
 
 
@@ -95,7 +102,7 @@ class FeatureStore:
         self.dim = int(dim)
         self.num_frames = int(num_frames)
         layout_path = self.folder / LAYOUT_FILE
-        layout = {"dim": self.dim, "num_frames": self.num_frames, "dtype": "float16"}
+        layout = _layout(self.dim, self.num_frames)
         if writable:
             self.folder.mkdir(parents=True, exist_ok=True)
             if not layout_path.exists():
@@ -110,11 +117,11 @@ class FeatureStore:
                 f"{layout_path} says {found}, the catalog says {layout}; the index folder mixes "
                 "files from two builds, rebuild it"
             )
-        self._pooled = _Array(self.folder / "pooled.f16", np.float16, (self.dim,), writable)
+        self._pooled = _Array(self.folder / POOLED_FILE, np.float16, (self.dim,), writable)
         self._frames = _Array(
-            self.folder / "frames.f16", np.float16, (self.num_frames, self.dim), writable
+            self.folder / FRAMES_FILE, np.float16, (self.num_frames, self.dim), writable
         )
-        self._mask = _Array(self.folder / "mask.u8", np.uint8, (self.num_frames,), writable)
+        self._mask = _Array(self.folder / MASK_FILE, np.uint8, (self.num_frames,), writable)
         for arr in (self._pooled, self._frames, self._mask):
             if arr.capacity < committed_rows:
                 raise StoreError(
@@ -180,3 +187,75 @@ class FeatureStore:
         """Committed pooled rows ``[start, stop)`` as a float16 [n, D] view-backed array."""
         stop = min(stop, self.rows)
         return self._pooled.read(slice(start, stop))
+
+    def mask_u8(self, rows: np.ndarray) -> np.ndarray:
+        """Frame masks of ``rows`` as stored: uint8 [n, Nf] (0/1)."""
+        return self._mask.read(self._check(rows))
+
+
+def _layout(dim: int, num_frames: int) -> dict[str, object]:
+    return {"dim": int(dim), "num_frames": int(num_frames), "dtype": "float16"}
+
+
+def write_store(
+    folder: str | Path,
+    dim: int,
+    num_frames: int,
+    chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> int:
+    """Create the store ``folder`` holding exactly the rows of ``chunks``, durably on disk.
+
+    Each chunk is (pooled [n, D], frames [n, Nf, D], mask [n, Nf]). Files are written
+    sequentially and sized to the rows (no growth slack), then fsynced together with the folder
+    and its parent, so a catalog transaction that names ``folder`` afterwards never points at
+    data a crash (even a power loss) could lose. ``folder`` must not exist. Returns the row count.
+    """
+    folder = Path(folder)
+    folder.mkdir()
+    rows = 0
+    with (
+        open(folder / POOLED_FILE, "xb") as pooled_f,
+        open(folder / FRAMES_FILE, "xb") as frames_f,
+        open(folder / MASK_FILE, "xb") as mask_f,
+    ):
+        for pooled, frames, mask in chunks:
+            n = len(pooled)
+            if (
+                pooled.shape != (n, dim)
+                or frames.shape != (n, num_frames, dim)
+                or mask.shape != (n, num_frames)
+            ):
+                raise StoreError(
+                    f"chunk shapes pooled {pooled.shape} / frames {frames.shape} / mask "
+                    f"{mask.shape} do not match the layout D={dim}, Nf={num_frames}"
+                )
+            # Row-major bytes of each array are exactly the memory-mapped layout FeatureStore
+            # reads back.
+            pooled_f.write(np.ascontiguousarray(pooled, dtype=np.float16).tobytes())
+            frames_f.write(np.ascontiguousarray(frames, dtype=np.float16).tobytes())
+            mask_f.write(np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
+            rows += n
+        for f in (pooled_f, frames_f, mask_f):
+            f.flush()
+            os.fsync(f.fileno())
+    with open(folder / LAYOUT_FILE, "x") as f:
+        f.write(json.dumps(_layout(dim, num_frames)))
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(folder)
+    fsync_dir(folder.parent)
+    return rows
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the folder's entries (created or removed files) durable; a no-op where unsupported."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open a folder; its file system journals entries anyway
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
