@@ -31,10 +31,20 @@ def _user_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from vtrkit.config import ConfigError
         from vtrkit.index import CatalogError, IndexMismatchError
+        from vtrkit.index.sharded import ShardedBuildError
 
+        # Expected in a sharded build too: each rank prints its own line, not a traceback.
+        expected = (
+            IndexMismatchError,
+            CatalogError,
+            ConfigError,
+            FileNotFoundError,
+            ValueError,
+            ShardedBuildError,
+        )
         try:
             return func(*args, **kwargs)
-        except (IndexMismatchError, CatalogError, ConfigError, FileNotFoundError, ValueError) as e:
+        except expected as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
 
@@ -83,24 +93,38 @@ def build(
     stride: float | None = typer.Option(None, help="Window stride in seconds [default: window/2]."),
     batch: int = typer.Option(16, help="Windows per forward pass."),
     workers: int = typer.Option(2, help="Decoding threads."),
-    device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
+    device: str | None = typer.Option(
+        None,
+        # No square brackets: the help renderer takes them for markup and drops them.
+        help="Torch device, e.g. cpu or cuda. Default: cpu, or under torchrun each process's own "
+        "GPU (cuda:<LOCAL_RANK>) when CUDA is available; under torchrun, cuda means the same.",
+    ),
 ) -> None:
     """Index VIDEOS into -o LIB: new files are encoded, changed ones re-encoded, removed ones
-    dropped. Safe to interrupt: rerunning resumes where it stopped."""
-    from vtrkit.index.builder import build_index
+    dropped. Safe to interrupt: rerunning resumes where it stopped.
 
+    Launched by torchrun (e.g. `torchrun --nproc-per-node 4 -m vtrkit index build ...`), each
+    process encodes a share of the files into LIB/shards/rank-<r>/ and rank 0 merges the shards
+    into LIB; the index is the same as a single-process build's."""
+    from vtrkit.index.builder import build_index
+    from vtrkit.index.sharded import DistEnv, build_index_sharded, resolve_device
+
+    env = DistEnv.from_env()
+    device = resolve_device(device, env)
     encoder = _encoder(checkpoint, backbone, num_frames, image_size, fps, device, batch)
-    report = build_index(
-        videos,
-        output,
-        encoder,
+    options: dict[str, Any] = dict(
         window_length=window,
         window_stride=stride,
         batch_windows=batch,
         decode_workers=workers,
         progress=True,
     )
-    typer.echo(report.summary())
+    if env.sharded:
+        report = build_index_sharded(videos, output, encoder, **options)
+        if report is not None:  # rank 0; the other ranks print nothing
+            typer.echo(report.summary())
+        return
+    typer.echo(build_index(videos, output, encoder, **options).summary())
 
 
 @index_app.command("add")

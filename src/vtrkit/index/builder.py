@@ -52,6 +52,8 @@ class BuildReport:
     windows: int = 0
     """Windows encoded in this run."""
     seconds: float = 0.0
+    windows_per_rank: list[int] = field(default_factory=list)
+    """Sharded builds only: windows each process encoded this run, by rank."""
 
     def summary(self) -> str:
         lines = [
@@ -59,6 +61,9 @@ class BuildReport:
             f"{self.unchanged} unchanged, {len(self.failed)} failed; {self.windows} windows "
             f"encoded in {self.seconds:.1f} s"
         ]
+        if self.windows_per_rank:
+            per_rank = ", ".join(f"rank {r}: {n}" for r, n in enumerate(self.windows_per_rank))
+            lines.append(f"  sharded over {len(self.windows_per_rank)} processes ({per_rank})")
         lines += [f"  failed: {path}: {reason}" for path, reason in self.failed]
         return "\n".join(lines)
 
@@ -109,7 +114,11 @@ def _stat(path: Path, digest: str = "") -> FileStat:
 
 
 @dataclass
-class _Job:
+class Job:
+    """A file the plan says needs encoding: its stat (with the content hash, unless planned with
+    ``hash_new=False``) and whether the index already holds an older version of it (re-encoded
+    under the same video id)."""
+
     stat: FileStat
     existed: bool
 
@@ -190,41 +199,67 @@ class IndexUpdater:
         self.ann_config = ann_config
         self.progress = progress
 
-    def update(self, paths: Iterable[Path], remove_missing: bool) -> BuildReport:
+    def update(
+        self, paths: Iterable[Path], remove_missing: bool, shard: bool = False
+    ) -> BuildReport:
         """Encode new and changed ``paths``; with ``remove_missing`` drop every catalogued video
         not among them (a build mirrors its source), otherwise only videos whose files are gone
         from among ``paths`` are left alone (``add`` is additive).
 
+        ``shard=True`` is for a shard of a sharded build (:mod:`vtrkit.index.sharded`), which is
+        merged and never searched: no ANN is built, and failures are left for the merged build
+        to report.
+
         Holds the index's writer lock throughout (:class:`~vtrkit.index.lock.IndexBusyError` if
         another build, add or compaction is running)."""
         with writer_lock(self.library.folder):
-            # Another writer may have committed (or compacted into a new store folder) since this
-            # library was opened: append after its rows, to the active folder.
-            self.library.refresh()
-            self.library.remove_leftovers()
-            return self._update(paths, remove_missing)
+            self.prepare()
+            return self._update(paths, remove_missing, shard)
 
-    def _update(self, paths: Iterable[Path], remove_missing: bool) -> BuildReport:
+    def prepare(self) -> None:
+        """Catch up with other writers before writing; call while holding the writer lock."""
+        # Another writer may have committed (or compacted into a new store folder) since this
+        # library was opened: append after its rows, to the active folder.
+        self.library.refresh()
+        self.library.remove_leftovers()
+
+    def _update(self, paths: Iterable[Path], remove_missing: bool, shard: bool) -> BuildReport:
         started = time.perf_counter()
         report = BuildReport()
-        catalog = self.library.catalog
         wanted = [Path(p).resolve() for p in paths]
-        jobs = self._plan(wanted, report)
+        jobs = self.plan(wanted, report)
         if remove_missing:
-            keep = {str(p) for p in wanted}
-            gone = [v for v in catalog.videos() if v.path not in keep]
-            catalog.remove_videos(v.id for v in gone)
-            report.removed = [v.path for v in gone]
+            self.remove_missing(wanted, report)
         self._encode_all(jobs, report)
+        if shard:
+            report.seconds = time.perf_counter() - started
+        else:
+            self.finish(report, started)
+        return report
+
+    def remove_missing(self, wanted: Sequence[Path], report: BuildReport) -> None:
+        """Drop every catalogued video whose path is not in ``wanted`` (resolved paths)."""
+        catalog = self.library.catalog
+        keep = {str(p) for p in wanted}
+        gone = [v for v in catalog.videos() if v.path not in keep]
+        catalog.remove_videos(v.id for v in gone)
+        report.removed = [v.path for v in gone]
+
+    def finish(self, report: BuildReport, started: float) -> None:
+        """Bring the ANN up to date, list every failed file in the report and log them."""
+        catalog = self.library.catalog
         self.library.ann(self.ann_config)
         report.failed = [(v.path, v.error or "") for v in catalog.videos(status="failed")]
         report.seconds = time.perf_counter() - started
         for path, reason in report.failed:
             log.warning("not indexed: %s: %s", path, reason)
-        return report
 
-    def _plan(self, paths: Sequence[Path], report: BuildReport) -> list[_Job]:
-        """Which files need encoding; files only touched (same hash) just get their stat updated."""
+    def plan(self, paths: Sequence[Path], report: BuildReport, hash_new: bool = True) -> list[Job]:
+        """Which files need encoding, in the order of ``paths``; files only touched (same hash)
+        just get their stat updated and, like unchanged files, are counted in ``report``.
+
+        With ``hash_new=False`` files the index does not know are not hashed (their job's hash is
+        empty): a sharded build leaves that to the process that encodes them."""
         catalog = self.library.catalog
         jobs = []
         for path in paths:
@@ -233,15 +268,18 @@ class IndexUpdater:
             if known and (known.size, known.mtime_ns) == (stat.size, stat.mtime_ns):
                 report.unchanged += 1
                 continue
+            if known is None and not hash_new:
+                jobs.append(Job(stat, existed=False))
+                continue
             stat = _stat(path, hash_file(path))
             if known and known.hash == stat.hash:
                 catalog.update_stat(known.id, stat)
                 report.unchanged += 1
                 continue
-            jobs.append(_Job(stat, known is not None))
+            jobs.append(Job(stat, known is not None))
         return jobs
 
-    def _decode(self, job: _Job) -> DecodedVideo | str:
+    def _decode(self, job: Job) -> DecodedVideo | str:
         s = self.library.settings
         try:
             return decode_windows(
@@ -253,10 +291,10 @@ class IndexUpdater:
             reason = str(cause) if cause is not None else str(exc)
             return f"{type(exc).__name__}: {reason}"
 
-    def _decoded(self, jobs: list[_Job]) -> Iterator[tuple[_Job, DecodedVideo | str]]:
+    def _decoded(self, jobs: list[Job]) -> Iterator[tuple[Job, DecodedVideo | str]]:
         """Decode in worker threads, a few videos ahead, yielding in job order."""
         with ThreadPoolExecutor(max(1, self.decode_workers)) as pool:
-            ahead: deque[tuple[_Job, Future]] = deque()
+            ahead: deque[tuple[Job, Future]] = deque()
             pending = iter(jobs)
             for job in pending:
                 ahead.append((job, pool.submit(self._decode, job)))
@@ -269,11 +307,11 @@ class IndexUpdater:
                     ahead.append((nxt, pool.submit(self._decode, nxt)))
                 yield job, future.result()
 
-    def _encode_all(self, jobs: list[_Job], report: BuildReport) -> None:
+    def _encode_all(self, jobs: list[Job], report: BuildReport) -> None:
         bar = tqdm(
             total=len(jobs), unit="video", disable=not self.progress, desc="indexing", smoothing=0.1
         )
-        batch: list[tuple[_Job, DecodedVideo]] = []
+        batch: list[tuple[Job, DecodedVideo]] = []
         try:
             for job, result in self._decoded(jobs):
                 if isinstance(result, str):
@@ -292,7 +330,7 @@ class IndexUpdater:
             bar.close()
 
     def _commit_batch(
-        self, batch: list[tuple[_Job, DecodedVideo]], report: BuildReport, bar: tqdm
+        self, batch: list[tuple[Job, DecodedVideo]], report: BuildReport, bar: tqdm
     ) -> None:
         """Encode the windows of several videos in one pass, then commit video by video."""
         if not batch:

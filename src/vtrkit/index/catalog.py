@@ -8,6 +8,10 @@ either the whole video or none of it, and store rows past the committed count ar
 Compaction (:mod:`vtrkit.index.compact`) also commits in one transaction: it renumbers every
 window's row, sets the row count and names the new feature-store folder in ``meta``.
 
+Merging the shards of a sharded build (:mod:`vtrkit.index.shards`) commits a chunk of videos per
+transaction (:meth:`Catalog.commit_videos`), after flushing their copied rows, with the same
+guarantee: a killed merge leaves whole chunks or nothing of them.
+
 Tables: ``videos(id, path, size, mtime_ns, hash, status, error, duration)``,
 ``windows(id, video_id, start_s, end_s, row)``, ``thumbs(window_id, jpeg)``, ``meta(key, value)``.
 """
@@ -105,6 +109,17 @@ class NewWindow:
     end: float
     row: int
     thumbnail: bytes | None = None
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """A whole video to record: ``ok`` with its windows, or ``failed`` with the reason."""
+
+    stat: FileStat
+    status: str
+    error: str | None
+    duration: float | None
+    windows: Sequence[NewWindow] = ()
 
 
 class Catalog:
@@ -261,6 +276,21 @@ class Catalog:
             ).fetchone()
         return None if row is None else bytes(row[0])
 
+    def thumbnails(self, window_ids: Sequence[int]) -> dict[int, bytes]:
+        """Thumbnails of ``window_ids`` by window id; windows without one are absent."""
+        ids = [int(w) for w in window_ids]
+        out: dict[int, bytes] = {}
+        with self._lock:
+            # Chunked to stay under SQLite's bound-parameter limit.
+            for i in range(0, len(ids), 500):
+                part = ids[i : i + 500]
+                marks = ",".join("?" * len(part))
+                for window_id, jpeg in self._db.execute(
+                    f"SELECT window_id, jpeg FROM thumbs WHERE window_id IN ({marks})", part
+                ):
+                    out[int(window_id)] = bytes(jpeg)
+        return out
+
     def counts(self) -> dict[str, int]:
         """Videos ok/failed, live windows, committed store rows and dead rows (left by removals)."""
         with self._lock:
@@ -288,30 +318,54 @@ class Catalog:
         already flushed. Returns the video id (kept when a changed file is re-encoded).
         """
         with self._lock, self._transaction():
-            video_id = self._upsert_video(stat, "ok", None, duration)
-            self._db.execute("DELETE FROM windows WHERE video_id = ?", (video_id,))
-            for w in windows:
-                cur = self._db.execute(
-                    "INSERT INTO windows(video_id, start_s, end_s, row) VALUES (?, ?, ?, ?)",
-                    (video_id, float(w.start), float(w.end), int(w.row)),
-                )
-                if w.thumbnail is not None:
-                    self._db.execute(
-                        "INSERT INTO thumbs(window_id, jpeg) VALUES (?, ?)",
-                        (cur.lastrowid, sqlite3.Binary(w.thumbnail)),
-                    )
-            self._set_meta({"rows": rows_end, "generation": self.generation + 1})
+            video_id = self._commit_video(stat, duration, windows)
+            self._set_meta({"rows": rows_end})
         return video_id
 
     def record_failure(self, stat: FileStat, error: str) -> int:
         """Record a file that could not be indexed, with the reason; drops any earlier windows."""
         with self._lock, self._transaction():
-            video_id = self._upsert_video(stat, "failed", error, None)
-            removed = self._db.execute(
-                "DELETE FROM windows WHERE video_id = ?", (video_id,)
-            ).rowcount
-            if removed:
-                self._set_meta({"generation": self.generation + 1})
+            return self._record_failure(stat, error)
+
+    def commit_videos(self, videos: Sequence[VideoRecord], rows_end: int) -> list[int]:
+        """Record several videos in one transaction, each exactly as :meth:`commit_video` (status
+        ``ok``) or :meth:`record_failure` (status ``failed``) would, in order; returns their ids.
+
+        A shard merge (:mod:`vtrkit.index.shards`) commits its chunks with this: the chunk lands
+        wholly or not at all, and replaying the single-video writes in the same order leaves
+        ids and the generation exactly as a single-process build leaves them.
+        """
+        with self._lock, self._transaction():
+            ids = []
+            for v in videos:
+                if v.status == "ok":
+                    ids.append(self._commit_video(v.stat, v.duration or 0.0, v.windows))
+                else:
+                    ids.append(self._record_failure(v.stat, v.error or ""))
+            self._set_meta({"rows": rows_end})
+        return ids
+
+    def _commit_video(self, stat: FileStat, duration: float, windows: Sequence[NewWindow]) -> int:
+        video_id = self._upsert_video(stat, "ok", None, duration)
+        self._db.execute("DELETE FROM windows WHERE video_id = ?", (video_id,))
+        for w in windows:
+            cur = self._db.execute(
+                "INSERT INTO windows(video_id, start_s, end_s, row) VALUES (?, ?, ?, ?)",
+                (video_id, float(w.start), float(w.end), int(w.row)),
+            )
+            if w.thumbnail is not None:
+                self._db.execute(
+                    "INSERT INTO thumbs(window_id, jpeg) VALUES (?, ?)",
+                    (cur.lastrowid, sqlite3.Binary(w.thumbnail)),
+                )
+        self._set_meta({"generation": self.generation + 1})
+        return video_id
+
+    def _record_failure(self, stat: FileStat, error: str) -> int:
+        video_id = self._upsert_video(stat, "failed", error, None)
+        removed = self._db.execute("DELETE FROM windows WHERE video_id = ?", (video_id,)).rowcount
+        if removed:
+            self._set_meta({"generation": self.generation + 1})
         return video_id
 
     def update_stat(self, video_id: int, stat: FileStat) -> None:
