@@ -17,7 +17,13 @@ from vtrkit.config import ClipArch
 from vtrkit.data.decode import read_sampled_frames
 from vtrkit.data.synthetic import generate
 from vtrkit.data.transforms import to_model_input
-from vtrkit.videoclip.features import ClipSecondExtractor, load_features, read_index
+from vtrkit.videoclip.features import (
+    ClipSecondExtractor,
+    load_features,
+    read_index,
+    save_features,
+    write_index,
+)
 
 ARCH = {
     "embed_dim": 16,
@@ -78,7 +84,12 @@ def test_features_train_and_eval_commands(tmp_path: Path):
                     },
                 },
                 "optim": {"lr_new": 1e-3, "weight_decay": 0.0},
-                "train": {"output_dir": str(run), "epochs": 2, "eval_every_epoch": False},
+                "train": {
+                    "output_dir": str(run),
+                    "epochs": 2,
+                    "eval_every_epoch": False,
+                    "log_every": 1,
+                },
             }
         )
     )
@@ -99,6 +110,29 @@ def test_features_train_and_eval_commands(tmp_path: Path):
     result = runner.invoke(app, ["videoclip-train", str(config)])
     assert result.exit_code == 0, result.output
     assert (run / "last").is_dir() and (run / "tokenizer" / "tokenizer.json").is_file()
+    per_epoch = int(result.output.split()[0]) // 2
+    # --resume continues from last/ (2 epochs done): one more epoch's steps.
+    more = ["--set", "train.epochs=3", "--resume"]
+    result = runner.invoke(app, ["videoclip-train", str(config), *more])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"{3 * per_epoch} steps")
+    logged = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in logged if "loss" in r]
+    assert steps == list(range(1, 3 * per_epoch + 1))
+    # Features re-extracted differently under the same ids: the checkpoint is refused, clearly.
+    changed = tmp_path / "feats2"
+    changed.mkdir()
+    entries = {}
+    for vid, entry in read_index(feats).items():
+        if entry.ok:
+            rows = np.asarray(load_features(feats, vid), dtype=np.float32)
+            entries[vid] = save_features(changed, vid, rows[:15] if vid == "long0003" else rows)
+    write_index(changed, entries)
+    moved = ["--set", f"model.videoclip.features={changed}", "--set", "train.epochs=4"]
+    result = runner.invoke(app, ["videoclip-train", str(config), *moved, "--resume"])
+    assert result.exit_code == 2
+    assert f"checkpoint {run / 'last'}" in result.output
+    assert "'long0003' (seconds 20 -> 15" in result.output
 
     out_json = tmp_path / "eval.json"
     result = runner.invoke(

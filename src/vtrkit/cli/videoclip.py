@@ -94,14 +94,21 @@ def features(
 def videoclip_train(
     config: Path = typer.Argument(..., help="YAML config with model.kind: videoclip."),
     set_: list[str] = typer.Option([], "--set", help="Override a key: --set train.epochs=3"),
+    resume: bool = typer.Option(
+        False, help="Continue from <output_dir>/last if it exists, mid-epoch included."
+    ),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
 ) -> None:
-    """Train VideoCLIP on stored features; evaluate zero-shot on the validation split."""
+    """Train VideoCLIP on stored features; evaluate zero-shot on the validation split.
+
+    ``last/`` is written every epoch, every ``train.checkpoint_every`` steps and when
+    ``train.time_budget_s`` runs out; ``--resume`` continues from it exactly.
+    """
     from vtrkit.videoclip.train import run_videoclip
 
     try:
         cfg = load_config(config, set_)
-        result, metrics = run_videoclip(cfg, device=device)
+        result, metrics = run_videoclip(cfg, device=device, resume=resume)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     if int(os.environ.get("RANK", "0")) != 0:

@@ -9,6 +9,13 @@ per-process batch. Under ``torchrun`` every process computes the same groups (sa
 every ``world_size``-th one and DDP averages the gradients; ``gather`` adds the other processes'
 pairs as negatives.
 
+Checkpoints and resume. ``last/`` is written at the end of every epoch, every
+``train.checkpoint_every`` optimiser steps and when ``train.time_budget_s`` runs out (the names and
+meaning are those of :func:`vtrkit.train.loop.fit`). With ``resume`` training continues from
+``last/`` exactly where it stopped, mid-epoch included: the checkpoint holds the interrupted epoch's
+batch plan, the position in it and every process's RNG states (see :mod:`vtrkit.videoclip.resume`),
+so an interrupted and resumed run ends with the weights of an uninterrupted one.
+
 The optimiser, schedule and checkpoint format are those of :mod:`vtrkit.train` (AdamW groups,
 warm-up + cosine, ``model.safetensors`` + ``config.yaml``). The epoch structure differs from
 :func:`vtrkit.train.loop.fit` (batches are rebuilt from the model before every epoch), hence this
@@ -37,6 +44,7 @@ from vtrkit.data.records import VideoRecord
 from vtrkit.train.checkpoint import (
     TrainState,
     load_checkpoint_config,
+    load_training_state,
     load_weights,
     resolve_checkpoint,
     save_checkpoint,
@@ -55,6 +63,14 @@ from vtrkit.videoclip.data import (
     load_tokenizer,
 )
 from vtrkit.videoclip.model import VideoClipModel, build_videoclip
+from vtrkit.videoclip.resume import (
+    DataFingerprint,
+    EpochPlan,
+    checkpoint_extra,
+    gather_rank_states,
+    plan_settings,
+    read_resume_point,
+)
 from vtrkit.videoclip.sampler import SamplerSettings
 from vtrkit.videoclip.zeroshot import evaluate_zero_shot
 
@@ -142,9 +158,17 @@ def train_videoclip(
     info: DistInfo | None = None,
     evaluate_fn: EvaluateFn | None = None,
     selection_key: str = "t2v/R@1",
+    resume: bool = False,
 ) -> tuple[VideoClipModel, VideoClipFitResult]:
     """Train VideoCLIP on ``videos`` as ``cfg`` says (``train.epochs``, ``max_steps``,
-    ``time_budget_s``, ``optim.*``, ``model.videoclip.*``) and return the model and a summary."""
+    ``time_budget_s``, ``checkpoint_every``, ``optim.*``, ``model.videoclip.*``) and return the
+    model and a summary.
+
+    With ``resume`` the run continues from ``<train.output_dir>/last`` (mid-epoch included) and
+    raises :class:`~vtrkit.videoclip.resume.ResumeMismatchError` when that checkpoint was trained
+    on other data, or stopped mid-epoch under other plan settings; without a checkpoint it starts
+    from scratch.
+    """
     vc = cfg.model.videoclip
     info = info or DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     run_dir = Path(cfg.train.output_dir)
@@ -153,9 +177,8 @@ def train_videoclip(
     if vc.standardize_features:
         model.token_mlp.set_feature_stats(*feature_statistics(videos))
     model.to(info.device)
-    batcher = PairBatcher(
-        videos, tokenizer, sampler_settings(vc), vc.pairs_per_video, vc.max_text_tokens
-    )
+    settings = sampler_settings(vc)
+    batcher = PairBatcher(videos, tokenizer, settings, vc.pairs_per_video, vc.max_text_tokens)
     groups_per_epoch = max(1, len(videos) // vc.cluster_k) // info.world_size
     if groups_per_epoch == 0:
         raise ValueError(
@@ -167,6 +190,28 @@ def train_videoclip(
         total = min(total, cfg.train.max_steps)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, total, cfg.optim.warmup)
+    fingerprint = DataFingerprint.of(videos, vc.features)
+    plan_key = plan_settings(cfg, info.world_size, settings)
+    state = TrainState()
+    # The current epoch's plan and this process's pair generator; None until the epoch starts.
+    plan: EpochPlan | None = None
+    pair_rng: np.random.Generator | None = None
+    if resume and (run_dir / "last").exists():
+        last = resolve_checkpoint(run_dir / "last")
+        # Checked before any weight is loaded, so a mismatch reports the data, not tensor shapes.
+        point = read_resume_point(last, fingerprint, plan_key, info.rank)
+        state, _ = load_training_state(last, model, optimizer, scheduler)
+        point.restore_rng()
+        plan, pair_rng = point.plan, point.pair_rng()
+        log.info(
+            "resumed from %s at epoch %d, step %d (%d batches into the epoch)",
+            last,
+            state.epoch,
+            state.step,
+            state.batch_in_epoch,
+        )
+    elif resume:
+        log.info("no checkpoint in %s yet: starting from scratch", run_dir)
     wrapped: nn.Module = model
     if info.enabled:
         wrapped = DistributedDataParallel(
@@ -176,20 +221,39 @@ def train_videoclip(
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         tokenizer.save(run_dir / TOKENIZER_DIR)
-    state = TrainState()
     started = time.perf_counter()
     last_eval: dict[str, float] | None = None
+    evaluated_at = -1
+    saved_at: tuple[int, int] | None = None
+    out_of_time = False
     log_file = (run_dir / "log.jsonl").open("a") if info.is_main else None
+
+    def save_last() -> None:
+        """Write ``last/`` with what an exact resume needs (a collective call: every process)."""
+        nonlocal saved_at
+        mid_epoch = state.batch_in_epoch > 0
+        # At an epoch boundary the next epoch rebuilds its plan and generators from the seed.
+        ranks = gather_rank_states(pair_rng if mid_epoch else None)
+        if info.is_main:
+            extra = checkpoint_extra(fingerprint, plan_key, plan if mid_epoch else None, ranks)
+            save_checkpoint(run_dir / "last", model, cfg, optimizer, scheduler, state, extra)
+        barrier()
+        saved_at = (state.epoch, state.step)
+
     try:
-        while state.epoch < cfg.train.epochs and state.step < total:
-            # Same seed on every process, so the groups agree; the pairs differ per process.
-            group_rng = np.random.default_rng([cfg.train.seed, state.epoch])
-            groups = epoch_groups(model, batcher, vc, group_rng)
-            groups = broadcast_object(groups)  # type: ignore[assignment]
-            mine = groups[info.rank :: info.world_size][:groups_per_epoch]
-            pair_rng = np.random.default_rng([cfg.train.seed, state.epoch, info.rank, 1])
+        while state.epoch < cfg.train.epochs and state.step < total and not out_of_time:
+            if plan is None or plan.epoch != state.epoch:
+                # Same seed on every process, so the groups agree; the pairs differ per process.
+                group_rng = np.random.default_rng([cfg.train.seed, state.epoch])
+                groups = epoch_groups(model, batcher, vc, group_rng)
+                groups = broadcast_object(groups)  # type: ignore[assignment]
+                plan = EpochPlan(state.epoch, groups)
+                pair_rng = np.random.default_rng([cfg.train.seed, state.epoch, info.rank, 1])
+            assert pair_rng is not None
+            mine = plan.groups[info.rank :: info.world_size][:groups_per_epoch]
             model.train()
-            for group in mine:
+            # A resumed epoch skips the groups the interrupted run already trained on.
+            for group in mine[state.batch_in_epoch :]:
                 batch = {k: v.to(info.device) for k, v in batcher.batch(group, pair_rng).items()}
                 out = wrapped(batch)
                 loss = out["loss"]
@@ -204,6 +268,7 @@ def train_videoclip(
                 optimizer.step()
                 scheduler.step()
                 state.step += 1
+                state.batch_in_epoch += 1
                 if log_file is not None and (
                     state.step % cfg.train.log_every == 0 or state.step == 1
                 ):
@@ -219,19 +284,38 @@ def train_videoclip(
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
                     log.info("step %d loss %.4f", state.step, record["loss"])
-                if state.step >= total or _out_of_time(cfg, started, info):
+                if (
+                    cfg.train.checkpoint_every
+                    and state.step % cfg.train.checkpoint_every == 0
+                    # The epoch's last step is saved right below, after the epoch's evaluation.
+                    and state.batch_in_epoch < groups_per_epoch
+                ):
+                    save_last()
+                if state.step >= total:
                     break
-            state.epoch += 1
-            at_end = state.step >= total or _out_of_time(cfg, started, info)
-            if evaluate_fn is not None and (cfg.train.eval_every_epoch or at_end):
-                last_eval = _evaluate(cfg, model, evaluate_fn, state, info, run_dir, selection_key)
-                if log_file is not None:
-                    log_file.write(json.dumps({"step": state.step, "eval": last_eval}) + "\n")
-            if at_end:
-                break
-        if info.is_main:
-            save_checkpoint(run_dir / "last", model, cfg, optimizer, scheduler, state)
-        barrier()
+                if _out_of_time(cfg, started, info):
+                    log.info("time budget reached at step %d", state.step)
+                    out_of_time = True
+                    break
+            if state.batch_in_epoch >= groups_per_epoch:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                plan, pair_rng = None, None
+                if evaluate_fn is not None and cfg.train.eval_every_epoch:
+                    last_eval = _evaluate(
+                        cfg, model, evaluate_fn, state, info, run_dir, selection_key
+                    )
+                    evaluated_at = state.step
+                    if log_file is not None:
+                        log_file.write(json.dumps({"step": state.step, "eval": last_eval}) + "\n")
+            if saved_at != (state.epoch, state.step):
+                save_last()
+        # A run stopped by max_steps or the time budget (or resumed with nothing left) ends
+        # with one evaluation; the checkpoint above already holds the RNG states of before it.
+        if evaluate_fn is not None and evaluated_at != state.step:
+            last_eval = _evaluate(cfg, model, evaluate_fn, state, info, run_dir, selection_key)
+            if log_file is not None:
+                log_file.write(json.dumps({"step": state.step, "eval": last_eval}) + "\n")
     finally:
         if log_file is not None:
             log_file.close()
@@ -290,10 +374,11 @@ def _captions(records: Sequence[VideoRecord]) -> list[str]:
 
 
 def run_videoclip(
-    cfg: Config, device: str | None = None, evaluate: bool = True
+    cfg: Config, device: str | None = None, evaluate: bool = True, resume: bool = False
 ) -> tuple[VideoClipFitResult, dict[str, float] | None]:
     """Train from a config (``model.kind: videoclip``) and evaluate zero-shot on the validation
-    split (``data.val_split``, else ``data.test_split``); launch under ``torchrun`` for DDP."""
+    split (``data.val_split``, else ``data.test_split``); launch under ``torchrun`` for DDP.
+    ``resume`` continues from ``<train.output_dir>/last`` (see :func:`train_videoclip`)."""
     if cfg.model.kind != "videoclip":
         raise ValueError(f"model.kind is {cfg.model.kind!r}; set model.kind=videoclip")
     vc = cfg.model.videoclip
@@ -302,7 +387,12 @@ def run_videoclip(
         train_records = read_dataset(cfg.data, cfg.data.train_split)
         if cfg.train.max_train_videos is not None:
             train_records = train_records[: cfg.train.max_train_videos]
-        tokenizer = make_tokenizer(vc, _captions(train_records))
+        saved_tokenizer = Path(cfg.train.output_dir) / TOKENIZER_DIR
+        if resume and vc.tokenizer is None and vc.text_encoder is None and saved_tokenizer.is_dir():
+            # The run's own vocabulary: the checkpoint's embedding rows are indexed by its ids.
+            tokenizer = load_tokenizer(saved_tokenizer)
+        else:
+            tokenizer = make_tokenizer(vc, _captions(train_records))
         videos = load_narrated_videos(train_records, vc.features, tokenizer, vc.d_in)
         val_videos = None
         if evaluate:
@@ -316,7 +406,7 @@ def run_videoclip(
             return evaluate_zero_shot(model, tokenizer, val_videos, vc)
 
         model, result = train_videoclip(
-            cfg, videos, tokenizer, info, evaluate_fn if evaluate else None
+            cfg, videos, tokenizer, info, evaluate_fn if evaluate else None, resume=resume
         )
         del model
     finally:
