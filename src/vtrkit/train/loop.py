@@ -103,6 +103,16 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     }
 
 
+def _any_process(flag: bool, info: DistInfo) -> bool:
+    """True on every process when ``flag`` is True on any: a decision to stop (the time budget)
+    must be shared, or the processes that go on would wait forever in the next collective."""
+    if not info.enabled:
+        return flag
+    value = torch.tensor([int(flag)], device=info.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def _equalize(batch: dict[str, Any] | None, info: DistInfo) -> dict[str, Any] | None:
     """Cut every process's batch to the smallest one; None when any process has nothing.
 
@@ -288,7 +298,9 @@ def fit(
                     and info.is_main
                 ):
                     save_checkpoint(run_dir / "last", model, cfg, optimizer, scheduler, state)
-                if budget is not None and time.perf_counter() - started > budget:
+                if budget is not None and _any_process(
+                    time.perf_counter() - started > budget, info
+                ):
                     log.info("time budget of %.0f s reached at step %d", budget, state.step)
                     out_of_time = True
                     break
