@@ -68,7 +68,12 @@ def evaluate(
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Run folder for the demo."),
     data: Path = typer.Option(Path("data/synthetic"), help="Where the synthetic set is written."),
-    budget: float = typer.Option(330.0, help="Training time budget in seconds."),
+    budget: float = typer.Option(
+        None, help="Training time budget in seconds (default: configs/demo.yaml's)."
+    ),
+    train_videos: int = typer.Option(
+        None, help="Training videos in the generated synthetic set (default: the demo's size)."
+    ),
     set_: list[str] = typer.Option([], "--set", help="Override a key of configs/demo.yaml."),
     query: str = typer.Option(
         None, help="Text to search for at the end (default: a test caption)."
@@ -77,5 +82,12 @@ def demo(
     """Generate the synthetic benchmark, train X-CLIP on the CPU, evaluate it and search it."""
     from vtrkit.demo import run_demo
 
-    summary = run_demo(out=out, data=data, budget_s=budget, overrides=set_, query=query)
+    summary = run_demo(
+        out=out,
+        data=data,
+        budget_s=budget,
+        overrides=set_,
+        query=query,
+        train_videos=train_videos,
+    )
     typer.echo(json.dumps(summary["headline"], indent=2))

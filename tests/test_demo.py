@@ -1,0 +1,33 @@
+"""The demo's synthetic-set handling: reuse a complete set of the right size, regenerate others."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vtrkit.demo import _synthetic_size, demo_config, ensure_synthetic
+
+
+def test_ensure_synthetic_reuses_a_set_of_the_right_size_and_regenerates_others(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "syn"
+    assert _synthetic_size(data) is None
+    ensure_synthetic(data, n_train=3, n_test=2)
+    assert _synthetic_size(data) == (3, 2)
+    video = data / "videos" / "video0.mp4"
+    first = video.stat().st_mtime_ns
+
+    ensure_synthetic(data, n_train=3, n_test=2)  # same size: nothing is rewritten
+    assert video.stat().st_mtime_ns == first
+
+    ensure_synthetic(data, n_train=4, n_test=2)  # another size: regenerated in place
+    assert _synthetic_size(data) == (4, 2)
+    assert (data / "videos" / "video5.mp4").is_file()
+
+
+def test_demo_config_keeps_the_recipe_budget_unless_given(tmp_path: Path) -> None:
+    kept = demo_config(tmp_path / "d", tmp_path / "r", None, [])
+    given = demo_config(tmp_path / "d", tmp_path / "r", 12.5, [])
+    assert kept.train.time_budget_s is not None and kept.train.time_budget_s > 60
+    assert given.train.time_budget_s == 12.5
+    assert kept.data.frame_cache == tmp_path / "d" / "cache"
