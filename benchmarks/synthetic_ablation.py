@@ -31,6 +31,7 @@ VARIANTS: dict[str, list[str]] = {
     "X-CLIP mean-max": ["model.kind=xclip", "model.xclip.aggregation=mean-max"],
     "X-CLIP max-mean": ["model.kind=xclip", "model.xclip.aggregation=max-mean"],
     "X-CLIP max-max": ["model.kind=xclip", "model.xclip.aggregation=max-max"],
+    "X-CLIP frames after temporal": ["model.kind=xclip", "model.xclip.frames_after_temporal=true"],
 }
 
 
