@@ -7,11 +7,41 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vtrkit.config import Config, config_from_dict
 from vtrkit.data.records import Segment, VideoRecord
 from vtrkit.videoclip.features import save_features, write_index
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
 D_IN = 16
+
+
+def tiny_videoclip_config(
+    out: Path, features: Path, videoclip: dict | None = None, train: dict | None = None
+) -> Config:
+    """A tiny VideoCLIP run on the corpus below; ``videoclip`` / ``train`` override keys."""
+    vc = {
+        "features": str(features),
+        "d_in": D_IN,
+        "hidden": 32,
+        "heads": 4,
+        "text_layers": 2,
+        "video_layers": 2,
+        "cluster_k": 4,
+        "pairs_per_video": 4,
+        "max_video_tokens": 16,
+        "loc_window": 16,
+        "loc_stride": 8,
+        # Captions here are 3 tokens: short text clips keep text and video of similar extent.
+        "text_clip_tokens": (3, 9),
+        **(videoclip or {}),
+    }
+    return config_from_dict(
+        {
+            "model": {"kind": "videoclip", "videoclip": vc},
+            "optim": {"lr_new": 3e-3, "weight_decay": 0.0, "warmup": 0.1},
+            "train": {"output_dir": str(out), "log_every": 1, "seed": 3, **(train or {})},
+        }
+    )
 
 
 def make_corpus(root: Path, n_videos: int, seed: int = 0, seconds: int = 40) -> list[VideoRecord]:

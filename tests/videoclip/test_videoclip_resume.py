@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import D_IN, make_corpus
-from vtrkit.config import Config, config_from_dict
+from conftest import D_IN, make_corpus, tiny_videoclip_config
+from vtrkit.config import Config
 from vtrkit.train.checkpoint import STATE_FILE
 from vtrkit.videoclip.data import build_word_tokenizer, load_narrated_videos
 from vtrkit.videoclip.features import load_features, read_index, save_features, write_index
@@ -30,32 +30,11 @@ class Killed(BaseException):
 
 def _cfg(out: Path, features: Path, **train) -> Config:
     """A tiny VideoCLIP with retrieval-augmented groups (the plan depends on the model)."""
-    vc = {
-        "features": str(features),
-        "d_in": D_IN,
-        "hidden": 32,
-        "heads": 4,
-        "text_layers": 2,
-        "video_layers": 2,
-        "cluster_k": 4,
-        "pairs_per_video": 4,
-        "max_video_tokens": 16,
-        "text_clip_tokens": (3, 9),
-        "retrieval_augment": True,
-    }
-    return config_from_dict(
-        {
-            "model": {"kind": "videoclip", "videoclip": vc},
-            "optim": {"lr_new": 3e-3, "weight_decay": 0.0, "warmup": 0.1},
-            "train": {
-                "output_dir": str(out),
-                "epochs": EPOCHS,
-                "log_every": 1,
-                "seed": 3,
-                "eval_every_epoch": False,
-                **train,
-            },
-        }
+    return tiny_videoclip_config(
+        out,
+        features,
+        {"retrieval_augment": True},
+        {"epochs": EPOCHS, "eval_every_epoch": False, **train},
     )
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from conftest import D_IN
-from vtrkit.config import config_from_dict
+from conftest import D_IN, tiny_videoclip_config
+from vtrkit.config import Config
 from vtrkit.videoclip.data import PairBatcher, build_word_tokenizer, load_narrated_videos
 from vtrkit.videoclip.train import (
     epoch_groups,
@@ -21,30 +21,8 @@ from vtrkit.videoclip.train import (
 from vtrkit.videoclip.zeroshot import encode_clips, evaluate_zero_shot
 
 
-def _config(out: Path, features: Path, **videoclip) -> object:
-    vc = {
-        "features": str(features),
-        "d_in": D_IN,
-        "hidden": 32,
-        "heads": 4,
-        "text_layers": 2,
-        "video_layers": 2,
-        "cluster_k": 4,
-        "pairs_per_video": 4,
-        "max_video_tokens": 16,
-        "loc_window": 16,
-        "loc_stride": 8,
-        # Captions here are 3 tokens: short text clips keep text and video of similar extent.
-        "text_clip_tokens": (3, 9),
-        **videoclip,
-    }
-    return config_from_dict(
-        {
-            "model": {"kind": "videoclip", "videoclip": vc},
-            "optim": {"lr_new": 3e-3, "weight_decay": 0.0, "warmup": 0.1},
-            "train": {"output_dir": str(out), "epochs": 12, "log_every": 1, "seed": 3},
-        }
-    )
+def _config(out: Path, features: Path, **videoclip) -> Config:
+    return tiny_videoclip_config(out, features, videoclip, {"epochs": 12})
 
 
 def test_training_learns_and_the_checkpoint_reloads(corpus, tmp_path: Path):
