@@ -37,9 +37,9 @@ from torch import nn
 
 from vtrkit.config import Config, apply_overrides, config_from_dict
 from vtrkit.data.datasets import read_dataset
+from vtrkit.distributed import setup
 from vtrkit.eval.rerank import evaluate_with_rerank
 from vtrkit.models.build import build_model
-from vtrkit.train.distributed import setup
 from vtrkit.train.loop import fit, seed_everything
 from vtrkit.train.pipeline import make_train_dataset
 

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from vtrkit.config import XClipConfig
-from vtrkit.index.ann import AnnConfig, AnnIndex, default_nlist
-from vtrkit.index.store import FeatureStore
+from vtrkit.index.storage.ann import AnnConfig, AnnIndex, default_nlist
+from vtrkit.index.storage.feature_store import FeatureStore
 
 
 class Mixture:

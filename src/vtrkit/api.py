@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from vtrkit.data.decode import load_frames
-from vtrkit.index.encoder import ModelEncoder, load_backbone_for_index, load_model_for_index
+from vtrkit.inference import ModelEncoder, load_backbone_for_index, load_model_for_index
 from vtrkit.models.base import TextFeatures, VideoFeatures
 
 

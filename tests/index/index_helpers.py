@@ -45,7 +45,7 @@ def colour_vector(rgb: tuple[int, int, int]) -> Tensor:
 
 
 class FakeEncoder:
-    """Deterministic :class:`vtrkit.index.encoder.Encoder` for tests (see module docstring)."""
+    """Deterministic :class:`vtrkit.inference.Encoder` for tests (see module docstring)."""
 
     def __init__(
         self,

@@ -12,9 +12,9 @@ import numpy as np
 from index_helpers import COLOURS, FakeEncoder, write_video
 
 from vtrkit.index import VideoIndex
-from vtrkit.index.catalog import Catalog
-from vtrkit.index.library import Library
-from vtrkit.index.sharded import build_index_sharded
+from vtrkit.index.build.torchrun_build import build_index_sharded
+from vtrkit.index.storage.catalog import Catalog
+from vtrkit.index.storage.library import Library
 
 QUERIES = ["red", "blue green", "yellow", "magenta cyan", "white orange"]
 
@@ -94,7 +94,7 @@ def search_all(folder: Path, encoder: Any) -> list[list[tuple]]:
 
 
 class ThreadGroup:
-    """An in-process :class:`~vtrkit.index.sharded.Collective` for ranks run as threads."""
+    """An in-process :class:`~vtrkit.index.build.torchrun_build.Collective` for ranks run as threads."""
 
     def __init__(self, world_size: int) -> None:
         self.world_size = world_size

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vtrkit.index.ann import AnnConfig, AnnIndex, default_nlist, needs_rebuild
+from vtrkit.index.storage.ann import AnnConfig, AnnIndex, default_nlist, needs_rebuild
 
 
 def clustered(n, d, centres=32, seed=0):

@@ -13,7 +13,7 @@ import torch
 from index_helpers import COLOURS, FakeEncoder, colour_vector, make_collection, write_video
 
 from vtrkit.index import IndexMismatchError, VideoIndex, build_index
-from vtrkit.index.library import Library
+from vtrkit.index.storage.library import Library
 
 
 @pytest.fixture(scope="module")

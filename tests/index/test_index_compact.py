@@ -20,12 +20,12 @@ from typer.testing import CliRunner
 
 from vtrkit.cli.index import register
 from vtrkit.index import VideoIndex, build_index
-from vtrkit.index import compact as compact_module
-from vtrkit.index import library as library_module
-from vtrkit.index.catalog import CatalogError
-from vtrkit.index.compact import compact_index
-from vtrkit.index.library import Library
-from vtrkit.index.lock import IndexBusyError, writer_lock
+from vtrkit.index.storage import compaction as compact_module
+from vtrkit.index.storage import library as library_module
+from vtrkit.index.storage.catalog import CatalogError
+from vtrkit.index.storage.compaction import compact_index
+from vtrkit.index.storage.library import Library
+from vtrkit.index.storage.lock import IndexBusyError, writer_lock
 
 HELPERS = Path(__file__).parent
 SRC = Path(__file__).parents[2] / "src"
@@ -34,7 +34,7 @@ KILL_STAGES = ["copying", "written", "in-transaction", "committed", "cleaned"]
 COMMITTED_STAGES = {"committed", "cleaned"}
 
 # Compacts the index in argv[1] two rows at a time and SIGKILLs itself when compaction reaches the
-# stage in argv[2] (see vtrkit.index.compact._checkpoint); exits 3 if it never got there. The
+# stage in argv[2] (see vtrkit.index.storage.compaction._checkpoint); exits 3 if it never got there. The
 # packages vtrkit and vtrkit.index are stubbed so that their __init__ files, which import torch
 # (seconds per child), do not run: compaction's own modules never use torch.
 CHILD = textwrap.dedent(
@@ -46,7 +46,7 @@ CHILD = textwrap.dedent(
         package = types.ModuleType(name)
         package.__path__ = [str(Path(sys.argv[3], *name.split(".")))]
         sys.modules[name] = package
-    from vtrkit.index import compact
+    from vtrkit.index.storage import compaction as compact
 
     assert "torch" not in sys.modules
 

@@ -8,8 +8,8 @@ import av
 import numpy as np
 import pytest
 
-from vtrkit.index.builder import collect_videos, hash_file
-from vtrkit.index.thumbnails import encode_jpeg
+from vtrkit.index.build.incremental import collect_videos, hash_file
+from vtrkit.index.build.thumbnails import encode_jpeg
 
 
 def test_collect_from_folder_list_and_single_file(tmp_path):

@@ -9,7 +9,7 @@ from index_helpers import COLOURS, tiny_config, write_video
 
 from vtrkit.data.decode import load_frames
 from vtrkit.index import IndexMismatchError, ModelEncoder, VideoIndex, load_model_for_index
-from vtrkit.index.encoder import fingerprint_model, zero_shot_config
+from vtrkit.inference import fingerprint_model, zero_shot_config
 from vtrkit.models.build import build_model
 from vtrkit.train.checkpoint import save_checkpoint
 

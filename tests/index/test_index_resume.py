@@ -15,7 +15,7 @@ import numpy as np
 from index_helpers import FakeEncoder, write_video
 
 from vtrkit.index import build_index
-from vtrkit.index.library import Library
+from vtrkit.index.storage.library import Library
 
 HELPERS = Path(__file__).parent
 SRC = Path(__file__).parents[2] / "src"
@@ -28,7 +28,7 @@ CHILD = textwrap.dedent(
     import sys, time
     from index_helpers import FakeEncoder
     from vtrkit.index import build_index
-    from vtrkit.index.catalog import Catalog
+    from vtrkit.index.storage.catalog import Catalog
 
     original = Catalog.commit_video
     def slow_commit(self, *args, **kwargs):

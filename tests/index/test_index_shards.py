@@ -29,23 +29,23 @@ from shard_helpers import (
 )
 
 from vtrkit.index import build_index, load_model_for_index
-from vtrkit.index import shards as shards_module
-from vtrkit.index.builder import open_for_writing
-from vtrkit.index.catalog import Catalog
-from vtrkit.index.sharded import (
-    DistEnv,
-    ShardedBuildError,
-    assign_shards,
-    resolve_device,
-)
-from vtrkit.index.shards import (
+from vtrkit.index.build import shard_merge as shards_module
+from vtrkit.index.build.incremental import open_for_writing
+from vtrkit.index.build.shard_merge import (
     SHARDS_DIR,
     ShardMismatchError,
     merge_into,
     merge_shards,
     shard_folder,
 )
-from vtrkit.index.store import FeatureStore
+from vtrkit.index.build.torchrun_build import (
+    DistEnv,
+    ShardedBuildError,
+    assign_shards,
+    resolve_device,
+)
+from vtrkit.index.storage.catalog import Catalog
+from vtrkit.index.storage.feature_store import FeatureStore
 from vtrkit.models.build import build_model
 from vtrkit.train.checkpoint import save_checkpoint
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vtrkit.index.catalog import Catalog, CatalogError, FileStat, NewWindow
-from vtrkit.index.store import FeatureStore, StoreError
+from vtrkit.index.storage.catalog import Catalog, CatalogError, FileStat, NewWindow
+from vtrkit.index.storage.feature_store import FeatureStore, StoreError
 
 D, NF = 8, 3
 
@@ -121,8 +121,8 @@ def test_missing_catalog_is_a_clear_error(tmp_path):
 
 
 def test_library_keeps_an_ivf_ann_in_sync_with_the_catalog(tmp_path):
-    from vtrkit.index.ann import AnnConfig
-    from vtrkit.index.library import IndexSettings, Library
+    from vtrkit.index.storage.ann import AnnConfig
+    from vtrkit.index.storage.library import IndexSettings, Library
 
     settings = IndexSettings("fp", D, NF, 16, 1.0, 4.0, 2.0)
     lib = Library.create(tmp_path / "lib", settings)

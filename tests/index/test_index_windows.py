@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vtrkit.index.windows import split_windows
+from vtrkit.index.build.windows import split_windows
 
 
 def test_short_video_is_one_window():

@@ -6,8 +6,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vtrkit.config import Config
+from vtrkit.distributed import DistInfo
 from vtrkit.losses.contrastive import symmetric_infonce
-from vtrkit.train.distributed import DistInfo
 from vtrkit.train.loop import fit
 
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))

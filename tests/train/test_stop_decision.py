@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vtrkit.train.distributed import DistInfo
+from vtrkit.distributed import DistInfo
 from vtrkit.train.loop import _any_process
 
 WORLD = 2

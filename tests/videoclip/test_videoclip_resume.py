@@ -215,7 +215,7 @@ def _ddp_worker(rank: int, root: Path, records: list, base: Path) -> None:
 
     import torch.distributed as dist
 
-    from vtrkit.train.distributed import DistInfo
+    from vtrkit.distributed import DistInfo
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{base}/store", rank=rank, world_size=2)

@@ -31,7 +31,7 @@ def _user_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from vtrkit.config import ConfigError
         from vtrkit.index import CatalogError, IndexMismatchError
-        from vtrkit.index.sharded import ShardedBuildError
+        from vtrkit.index.build.torchrun_build import ShardedBuildError
 
         # Expected in a sharded build too: each rank prints its own line, not a traceback.
         expected = (
@@ -60,7 +60,7 @@ def _encoder(
     device: str,
     batch: int,
 ):
-    from vtrkit.index.encoder import load_backbone_for_index, load_model_for_index
+    from vtrkit.inference import load_backbone_for_index, load_model_for_index
 
     if (checkpoint is None) == (backbone is None):
         raise typer.BadParameter(
@@ -106,8 +106,8 @@ def build(
     Launched by torchrun (e.g. `torchrun --nproc-per-node 4 -m vtrkit index build ...`), each
     process encodes a share of the files into LIB/shards/rank-<r>/ and rank 0 merges the shards
     into LIB; the index is the same as a single-process build's."""
-    from vtrkit.index.builder import build_index
-    from vtrkit.index.sharded import DistEnv, build_index_sharded, resolve_device
+    from vtrkit.index.build.incremental import build_index
+    from vtrkit.index.build.torchrun_build import DistEnv, build_index_sharded, resolve_device
 
     env = DistEnv.from_env()
     device = resolve_device(device, env)
@@ -149,7 +149,7 @@ def compact(
 ) -> None:
     """Rewrite the feature store without the dead rows of removed or re-encoded videos.
     Search results are unchanged. Safe to interrupt: the index stays usable either way."""
-    from vtrkit.index.compact import compact_index
+    from vtrkit.index.storage.compaction import compact_index
 
     report = compact_index(library, progress=True)
     typer.echo(report.summary())
@@ -164,7 +164,7 @@ def status(
     """Counts, settings and failed files of an index (does not load the model)."""
     from dataclasses import asdict
 
-    from vtrkit.index.library import Library
+    from vtrkit.index.storage.library import Library
 
     lib = Library.open(library)
     try:

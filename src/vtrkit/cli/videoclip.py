@@ -65,7 +65,7 @@ def features(
         backbone_cfg = backbone_cfg.model_copy(update={"checkpoint": backbone})
     rank, world = shard_from_env()
     if world > 1:
-        from vtrkit.train.distributed import setup
+        from vtrkit.distributed import setup
 
         info = setup(device)
         device = str(info.device)
@@ -86,7 +86,7 @@ def features(
 
         typer.echo(json.dumps(index_summary(read_index(out))))
     if world > 1:
-        from vtrkit.train.distributed import cleanup
+        from vtrkit.distributed import cleanup
 
         cleanup()
 

@@ -4,17 +4,17 @@ An index is a folder (``catalog.sqlite``, ``features/``, ``ann.faiss``) built on
 searched by text, by example video, or video→text. See :class:`VideoIndex`.
 """
 
-from vtrkit.index.ann import AnnConfig, AnnIndex
-from vtrkit.index.builder import BuildReport, build_index, collect_videos
-from vtrkit.index.catalog import CatalogError
-from vtrkit.index.encoder import (
+from vtrkit.index.build.incremental import BuildReport, build_index, collect_videos
+from vtrkit.index.search import CaptionMatch, SearchResult, VideoIndex
+from vtrkit.index.storage.ann import AnnConfig, AnnIndex
+from vtrkit.index.storage.catalog import CatalogError
+from vtrkit.index.storage.library import IndexMismatchError, IndexSettings
+from vtrkit.inference import (
     Encoder,
     ModelEncoder,
     load_backbone_for_index,
     load_model_for_index,
 )
-from vtrkit.index.library import IndexMismatchError, IndexSettings
-from vtrkit.index.search import CaptionMatch, SearchResult, VideoIndex
 
 __all__ = [
     "AnnConfig",

@@ -26,14 +26,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from vtrkit.index.ann import AnnConfig
-from vtrkit.index.builder import BuildReport, IndexUpdater, build_index, expand_sources
-from vtrkit.index.catalog import Catalog
-from vtrkit.index.compact import CompactReport, compact_library
-from vtrkit.index.decoding import decode_windows
-from vtrkit.index.encoder import Encoder, encoder_from_source
-from vtrkit.index.library import Library, check_encoder
-from vtrkit.index.store import StoreError
+from vtrkit.index.build.incremental import BuildReport, IndexUpdater, build_index, expand_sources
+from vtrkit.index.build.window_decoding import decode_windows
+from vtrkit.index.storage.ann import AnnConfig
+from vtrkit.index.storage.catalog import Catalog
+from vtrkit.index.storage.compaction import CompactReport, compact_library
+from vtrkit.index.storage.feature_store import StoreError
+from vtrkit.index.storage.library import Library, check_encoder
+from vtrkit.inference import Encoder, encoder_from_source
 from vtrkit.models.base import VideoFeatures
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class VideoIndex:
 
     def compact(self, progress: bool = False) -> CompactReport:
         """Reclaim the feature rows of removed and re-encoded videos (see
-        :mod:`vtrkit.index.compact`); needs an index opened with ``writable=True``."""
+        :mod:`vtrkit.index.storage.compaction`); needs an index opened with ``writable=True``."""
         with self._lock:
             return compact_library(self.library, self.ann_config, progress=progress)
 

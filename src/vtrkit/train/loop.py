@@ -30,13 +30,13 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from vtrkit.config import Config, save_config
+from vtrkit.distributed import DistInfo, barrier
 from vtrkit.train.checkpoint import (
     TrainState,
     load_training_state,
     resolve_checkpoint,
     save_checkpoint,
 )
-from vtrkit.train.distributed import DistInfo, barrier
 from vtrkit.train.optim import build_optimizer
 from vtrkit.train.schedule import build_scheduler
 

@@ -13,12 +13,12 @@ from torch import nn
 from vtrkit.config import Config
 from vtrkit.data.datasets import read_dataset
 from vtrkit.data.records import VideoRecord
+from vtrkit.distributed import DistInfo, cleanup, setup
 from vtrkit.eval.evaluate import evaluate, with_default_window
 from vtrkit.eval.evaluate import load_subsets as read_subsets_file
 from vtrkit.eval.report import format_results_table
 from vtrkit.models.build import build_model
 from vtrkit.train.checkpoint import load_checkpoint_config, load_weights, resolve_checkpoint
-from vtrkit.train.distributed import DistInfo, cleanup, setup
 from vtrkit.train.loop import FitResult, fit, seed_everything
 
 log = logging.getLogger(__name__)

@@ -41,6 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from vtrkit.config import Config, VideoClipConfig, save_config
 from vtrkit.data.datasets import read_dataset
 from vtrkit.data.records import VideoRecord
+from vtrkit.distributed import DistInfo, barrier, broadcast_object, cleanup, setup
 from vtrkit.train.checkpoint import (
     TrainState,
     load_checkpoint_config,
@@ -49,7 +50,6 @@ from vtrkit.train.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from vtrkit.train.distributed import DistInfo, barrier, broadcast_object, cleanup, setup
 from vtrkit.train.optim import build_optimizer
 from vtrkit.train.schedule import build_scheduler
 from vtrkit.videoclip.batcher import cluster_batches, random_batches

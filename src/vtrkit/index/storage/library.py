@@ -5,7 +5,7 @@ store), ``ann.faiss`` + ``ann.json`` (the nearest-neighbour index and the catalo
 reflects). The ANN is derived data: when it is missing or older than the catalog it is brought up
 to date by diffing its ids against the catalog's live rows.
 
-Once compacted (:mod:`vtrkit.index.compact`) the store lives in ``features-<n>/`` instead, named by
+Once compacted (:mod:`vtrkit.index.storage.compaction`) the store lives in ``features-<n>/`` instead, named by
 the catalog's ``meta['store']``, and its ANN files live inside that folder. Store rows (and so ANN
 ids) are renumbered by a compaction, so an ANN is only ever paired with the store folder it was
 built from: a file left by an older store can never be diffed against the new numbering. Store
@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from vtrkit.index.ann import AnnConfig, AnnIndex, needs_rebuild
-from vtrkit.index.catalog import Catalog, CatalogError
-from vtrkit.index.store import FeatureStore, StoreError, fsync_dir
+from vtrkit.index.storage.ann import AnnConfig, AnnIndex, needs_rebuild
+from vtrkit.index.storage.catalog import Catalog, CatalogError
+from vtrkit.index.storage.feature_store import FeatureStore, StoreError, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ class Library:
 
     def remove_leftovers(self) -> list[Path]:
         """Delete :meth:`leftovers` and return what was deleted. Only call while holding the
-        writer lock (:func:`vtrkit.index.lock.writer_lock`): a compaction in progress writes a
+        writer lock (:func:`vtrkit.index.storage.lock.writer_lock`): a compaction in progress writes a
         folder that is not active yet, and without the lock it could be deleted under it.
 
         Best effort: leftovers are never read, so one that cannot be deleted (e.g. on Windows,

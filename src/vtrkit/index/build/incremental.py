@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from vtrkit.index.ann import AnnConfig
-from vtrkit.index.catalog import Catalog, FileStat, NewWindow
-from vtrkit.index.decoding import DecodedVideo, decode_windows
-from vtrkit.index.encoder import Encoder
-from vtrkit.index.library import CATALOG_FILE, IndexSettings, Library, check_encoder
-from vtrkit.index.lock import writer_lock
+from vtrkit.index.storage.ann import AnnConfig
+from vtrkit.index.storage.catalog import Catalog, FileStat, NewWindow
+from vtrkit.index.build.window_decoding import DecodedVideo, decode_windows
+from vtrkit.inference import Encoder
+from vtrkit.index.storage.library import CATALOG_FILE, IndexSettings, Library, check_encoder
+from vtrkit.index.storage.lock import writer_lock
 from vtrkit.models.base import VideoFeatures
 
 log = logging.getLogger(__name__)
@@ -206,11 +206,11 @@ class IndexUpdater:
         not among them (a build mirrors its source), otherwise only videos whose files are gone
         from among ``paths`` are left alone (``add`` is additive).
 
-        ``shard=True`` is for a shard of a sharded build (:mod:`vtrkit.index.sharded`), which is
+        ``shard=True`` is for a shard of a sharded build (:mod:`vtrkit.index.build.torchrun_build`), which is
         merged and never searched: no ANN is built, and failures are left for the merged build
         to report.
 
-        Holds the index's writer lock throughout (:class:`~vtrkit.index.lock.IndexBusyError` if
+        Holds the index's writer lock throughout (:class:`~vtrkit.index.storage.lock.IndexBusyError` if
         another build, add or compaction is running)."""
         with writer_lock(self.library.folder):
             self.prepare()

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vtrkit.index.thumbnails import encode_jpeg
-from vtrkit.index.windows import split_windows
+from vtrkit.index.build.thumbnails import encode_jpeg
+from vtrkit.index.build.windows import split_windows
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Removing or re-encoding a video leaves its old feature rows behind ("dead rows",
 ``vtrkit index status``): the store is append-only and ANN ids are store rows, so a removal never
 renumbers anything. Compaction reclaims that space:
 
-1. Under the writer lock (:mod:`vtrkit.index.lock`), leftovers of earlier compactions are
+1. Under the writer lock (:mod:`vtrkit.index.storage.lock`), leftovers of earlier compactions are
    deleted and the sorted live rows are read from the catalog.
 2. Those rows are copied, in order and in chunks of bounded size, into a new folder
    ``features-<n+1>/`` that nothing references yet; its files are fsynced.
@@ -22,7 +22,7 @@ so no state mixes old numbers with the new folder. The new files are fsynced bef
 the commit is synced before the old folder is deleted, so this holds for a power loss too. The
 transaction also moves the catalog to schema 2, which a vtrkit without compaction refuses to open
 rather than read renumbered rows from a surviving old ``features/``. The ANN is derived data tied to its store
-folder (see :mod:`vtrkit.index.library`): an ANN holding old row numbers is never read with the
+folder (see :mod:`vtrkit.index.storage.library`): an ANN holding old row numbers is never read with the
 new store, and a missing one is rebuilt on open. Either way searches return what they returned
 before the compaction.
 
@@ -41,11 +41,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from vtrkit.index.ann import AnnConfig
-from vtrkit.index.catalog import CatalogError
-from vtrkit.index.library import FEATURES_DIR, Library
-from vtrkit.index.lock import writer_lock
-from vtrkit.index.store import STORE_FILES, FeatureStore, StoreError, write_store
+from vtrkit.index.storage.ann import AnnConfig
+from vtrkit.index.storage.catalog import CatalogError
+from vtrkit.index.storage.feature_store import STORE_FILES, FeatureStore, StoreError, write_store
+from vtrkit.index.storage.library import FEATURES_DIR, Library
+from vtrkit.index.storage.lock import writer_lock
 
 CHUNK_BYTES = 64 << 20
 """Feature bytes copied per chunk: memory stays at about this much whatever the store's size."""
@@ -115,8 +115,8 @@ def compact_index(
 ) -> CompactReport:
     """Compact the index at ``folder`` (see the module docstring); safe to interrupt.
 
-    Raises :class:`~vtrkit.index.catalog.CatalogError` if ``folder`` is not an index and
-    :class:`~vtrkit.index.lock.IndexBusyError` if another process is writing to it.
+    Raises :class:`~vtrkit.index.storage.catalog.CatalogError` if ``folder`` is not an index and
+    :class:`~vtrkit.index.storage.lock.IndexBusyError` if another process is writing to it.
     """
     library = Library.open(folder, writable=True)
     try:

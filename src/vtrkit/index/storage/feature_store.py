@@ -1,7 +1,7 @@
 """Append-only, memory-mapped float16 feature arrays: one row per indexed window.
 
 Three files in the store folder (``features/``, or ``features-<n>/`` once the index has been
-compacted, see :mod:`vtrkit.index.compact`): ``pooled.f16`` [rows, D] (what the ANN searches),
+compacted, see :mod:`vtrkit.index.storage.compaction`): ``pooled.f16`` [rows, D] (what the ANN searches),
 ``frames.f16`` [rows, Nf, D] and ``mask.u8`` [rows, Nf] (what the model's head re-ranks with).
 ``layout.json`` records D and Nf. The store never decides which rows are valid: the catalog holds the
 committed row count, and the store is opened with it. Rows appended after that count belong to a

@@ -15,12 +15,12 @@
    fewest bytes so far, so every rank gets about the same amount of video. New files are not
    hashed here but by the rank that encodes them, so rank 0 does not read them all alone.
 2. Every rank builds its share into ``LIB/shards/rank-<r>/``, an ordinary resumable index with
-   ``LIB``'s model and window settings (:class:`~vtrkit.index.builder.IndexUpdater`, without an
+   ``LIB``'s model and window settings (:class:`~vtrkit.index.build.incremental.IndexUpdater`, without an
    ANN), on ``cuda:<LOCAL_RANK>`` or the CPU. The shard is pruned to exactly its share, so each
    file lives in one shard only. Only rank 0 shows progress bars.
 3. After every rank has finished (a collective over a gloo group, which also carries any rank's
    error to all of them), rank 0 merges the shards into ``LIB``
-   (:func:`~vtrkit.index.shards.merge_into`), builds the ANN and deletes the shard folders.
+   (:func:`~vtrkit.index.build.shard_merge.merge_into`), builds the ANN and deletes the shard folders.
 
 Resuming: killed while shards are built, a rerun plans the same files again and gives every file
 a shard already holds back to that shard, whose build skips what it committed; killed while
@@ -48,18 +48,18 @@ from typing import Any, Protocol
 
 import torch
 
-from vtrkit.index.ann import AnnConfig
-from vtrkit.index.builder import (
+from vtrkit.index.storage.ann import AnnConfig
+from vtrkit.index.build.incremental import (
     BuildReport,
     IndexUpdater,
     Job,
     expand_sources,
     open_for_writing,
 )
-from vtrkit.index.encoder import Encoder
-from vtrkit.index.library import CATALOG_FILE, IndexSettings, Library, check_encoder
-from vtrkit.index.lock import writer_lock
-from vtrkit.index.shards import (
+from vtrkit.inference import Encoder
+from vtrkit.index.storage.library import CATALOG_FILE, IndexSettings, Library, check_encoder
+from vtrkit.index.storage.lock import writer_lock
+from vtrkit.index.build.shard_merge import (
     check_shard_settings,
     list_shards,
     merge_into,

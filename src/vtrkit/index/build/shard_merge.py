@@ -1,6 +1,6 @@
 """Merging shard indexes into one library: the second half of a sharded build.
 
-A sharded build (:mod:`vtrkit.index.sharded`) has each process encode its share of the videos
+A sharded build (:mod:`vtrkit.index.build.torchrun_build`) has each process encode its share of the videos
 into its own ordinary index folder, ``LIB/shards/rank-<r>/``. This module copies those shards
 into ``LIB``:
 
@@ -12,7 +12,7 @@ into ``LIB``:
    and duration) were merged by an earlier, interrupted merge and are skipped.
 4. The rest are copied in chunks of bounded size: each video's live feature rows are read from
    its shard (a bounded slice at a time) and appended to ``LIB``'s store, the store is flushed,
-   and one catalog transaction (:meth:`~vtrkit.index.catalog.Catalog.commit_videos`) records the
+   and one catalog transaction (:meth:`~vtrkit.index.storage.catalog.Catalog.commit_videos`) records the
    chunk's videos, windows (pointing at the new rows) and thumbnails, plus the new row count.
 
 Crash safety: the chunk's transaction is the only commit point, exactly as for a build. Killed
@@ -43,8 +43,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from vtrkit.index.ann import AnnConfig
-from vtrkit.index.catalog import (
+from vtrkit.index.storage.ann import AnnConfig
+from vtrkit.index.storage.catalog import (
     Catalog,
     CatalogError,
     FileStat,
@@ -52,9 +52,9 @@ from vtrkit.index.catalog import (
     VideoRecord,
     VideoRow,
 )
-from vtrkit.index.library import CATALOG_FILE, IndexMismatchError, IndexSettings, Library
-from vtrkit.index.lock import writer_lock
-from vtrkit.index.store import FeatureStore, fsync_dir
+from vtrkit.index.storage.library import CATALOG_FILE, IndexMismatchError, IndexSettings, Library
+from vtrkit.index.storage.lock import writer_lock
+from vtrkit.index.storage.feature_store import FeatureStore, fsync_dir
 
 log = logging.getLogger(__name__)
 

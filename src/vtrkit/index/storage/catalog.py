@@ -5,10 +5,10 @@ store and flushed first; then one transaction records the video, its windows (ea
 store row), its thumbnails and the new committed row count. A process killed at any moment leaves
 either the whole video or none of it, and store rows past the committed count are ignored.
 
-Compaction (:mod:`vtrkit.index.compact`) also commits in one transaction: it renumbers every
+Compaction (:mod:`vtrkit.index.storage.compaction`) also commits in one transaction: it renumbers every
 window's row, sets the row count and names the new feature-store folder in ``meta``.
 
-Merging the shards of a sharded build (:mod:`vtrkit.index.shards`) commits a chunk of videos per
+Merging the shards of a sharded build (:mod:`vtrkit.index.build.shard_merge`) commits a chunk of videos per
 transaction (:meth:`Catalog.commit_videos`), after flushing their copied rows, with the same
 guarantee: a killed merge leaves whole chunks or nothing of them.
 
@@ -331,7 +331,7 @@ class Catalog:
         """Record several videos in one transaction, each exactly as :meth:`commit_video` (status
         ``ok``) or :meth:`record_failure` (status ``failed``) would, in order; returns their ids.
 
-        A shard merge (:mod:`vtrkit.index.shards`) commits its chunks with this: the chunk lands
+        A shard merge (:mod:`vtrkit.index.build.shard_merge`) commits its chunks with this: the chunk lands
         wholly or not at all, and replaying the single-video writes in the same order leaves
         ids and the generation exactly as a single-process build leaves them.
         """

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from vtrkit.index.catalog import CatalogError
+from vtrkit.index.storage.catalog import CatalogError
 
 LOCK_FILE = "write.lock"
 

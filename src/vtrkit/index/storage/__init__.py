@@ -1,0 +1,1 @@
+"""Index storage: catalog, feature store, ANN, writer lock, compaction."""
