@@ -135,10 +135,10 @@ def example_search(
     cfg: Config, run_dir: Path, records: list[VideoRecord], query: str | None, k: int = 5
 ) -> dict[str, Any]:
     """Encode the test videos once with the trained model and rank them for one text query."""
+    from vtrkit.checkpoint import load_weights
     from vtrkit.data.dataset import VideoTextDataset, collate
     from vtrkit.eval.evaluate import encode_captions, encode_videos_with_index
     from vtrkit.models.build import build_model
-    from vtrkit.train.checkpoint import load_weights
 
     model, tokenizer = build_model(cfg.model, cfg.data)
     load_weights(model, run_dir / "best")

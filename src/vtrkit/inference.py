@@ -154,30 +154,27 @@ class ModelEncoder:
         return self._fingerprint
 
 
-def _checkpoint_folder(path: Path) -> Path:
-    """A run folder's ``checkpoint/`` (or what :func:`resolve_checkpoint` accepts)."""
-    from vtrkit.train.checkpoint import MODEL_FILE, resolve_checkpoint
-
-    if (path / "checkpoint" / MODEL_FILE).is_file():
-        return path / "checkpoint"
-    return resolve_checkpoint(path)
-
-
 def load_model_for_index(
     checkpoint_dir: str | Path, device: str | torch.device = "cpu", batch_size: int = 16
 ) -> ModelEncoder:
-    """A trained model from ``<dir>/model.safetensors`` + ``<dir>/config.yaml`` (``dir`` may be a
-    run folder holding ``checkpoint/``, ``best/`` or ``last/``)."""
-    from vtrkit.models.build import build_model
-    from vtrkit.train.checkpoint import load_checkpoint_config, load_weights
+    """A trained model from a checkpoint or run folder (see :func:`vtrkit.checkpoint.load_trained`)."""
+    from vtrkit.checkpoint import load_trained
 
-    folder = _checkpoint_folder(Path(checkpoint_dir))
-    cfg = load_checkpoint_config(folder)
-    model, tokenizer = build_model(cfg.model, cfg.data)
-    load_weights(model, folder)
-    log.info("loaded %s model from %s", cfg.model.kind, folder)
-    source = {"kind": "checkpoint", "path": str(folder.resolve())}
-    return ModelEncoder(model, tokenizer, cfg.data, device, batch_size, source)
+    trained = load_trained(checkpoint_dir, device)
+    if trained.config.model.kind == "videoclip":
+        raise ValueError(
+            f"{trained.folder}: a VideoCLIP model scores stored per-second features, not frames; "
+            "it cannot encode video windows for an index"
+        )
+    source = {"kind": "checkpoint", "path": str(trained.folder.resolve())}
+    return ModelEncoder(
+        trained.model,  # type: ignore[arg-type]
+        trained.tokenizer,
+        trained.config.data,
+        device,
+        batch_size,
+        source,
+    )
 
 
 def zero_shot_config(

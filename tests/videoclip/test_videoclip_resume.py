@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import D_IN, make_corpus, tiny_videoclip_config
+from vtrkit.checkpoint import STATE_FILE
 from vtrkit.config import Config
-from vtrkit.train.checkpoint import STATE_FILE
 from vtrkit.videoclip.data import build_word_tokenizer, load_narrated_videos
 from vtrkit.videoclip.features import load_features, read_index, save_features, write_index
 from vtrkit.videoclip.resume import EXTRA_KEY, DataFingerprint, EpochPlan, ResumeMismatchError

@@ -51,8 +51,8 @@ def evaluate(
     device: str = typer.Option(None, help="cpu or cuda."),
 ) -> None:
     """Evaluate a checkpoint: R@1/5/10, MdR, MnR in both directions, raw and DSL (labelled)."""
+    from vtrkit.checkpoint import config_for_checkpoint
     from vtrkit.eval.report import format_results_table
-    from vtrkit.train.checkpoint import config_for_checkpoint
     from vtrkit.train.pipeline import evaluate_checkpoint
 
     try:

@@ -127,7 +127,7 @@ def videoclip_eval(
     device: str = typer.Option("cpu", help="cpu or cuda."),
 ) -> None:
     """Zero-shot retrieval, multiple-choice QA and step localisation of a trained VideoCLIP."""
-    from vtrkit.train.checkpoint import config_for_checkpoint
+    from vtrkit.checkpoint import config_for_checkpoint
     from vtrkit.videoclip.train import evaluate_videoclip_checkpoint
 
     try:

@@ -128,8 +128,8 @@ def load_frozen_teacher(folder: str | Path) -> FrozenTeacher:
         FileNotFoundError: naming the folder when it holds no checkpoint.
     """
     # Imported here: build_model constructs CLIP2TV, which imports this module.
+    from vtrkit.checkpoint import load_checkpoint_config, load_weights, resolve_checkpoint
     from vtrkit.models.build import build_model
-    from vtrkit.train.checkpoint import load_checkpoint_config, load_weights, resolve_checkpoint
 
     try:
         resolved = resolve_checkpoint(folder)

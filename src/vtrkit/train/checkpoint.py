@@ -1,4 +1,4 @@
-"""Checkpoints: a folder with ``model.safetensors``, ``config.yaml`` and ``state.pt``.
+"""Training checkpoints: a folder with ``model.safetensors``, ``config.yaml`` and ``state.pt``.
 
 ``model.safetensors`` holds the weights (loadable without vtrkit's training state), ``config.yaml``
 the run's Config (enough to rebuild the model), ``state.pt`` the optimiser, scheduler, RNG states and
@@ -18,16 +18,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from vtrkit.config import Config, load_config, save_config
+from vtrkit.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    STATE_FILE,
+    load_weights,
+    model_state_dict,
+)
+from vtrkit.config import Config, save_config
 
 log = logging.getLogger(__name__)
-
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.yaml"
-STATE_FILE = "state.pt"
 
 
 @dataclass
@@ -61,21 +64,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
-def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Contiguous, de-aliased tensors (safetensors refuses shared storage)."""
-    out: dict[str, torch.Tensor] = {}
-    seen: dict[int, str] = {}
-    for name, tensor in _unwrap(model).state_dict().items():
-        key = tensor.data_ptr()
-        out[name] = tensor.detach().clone().contiguous() if key in seen else tensor.contiguous()
-        seen.setdefault(key, name)
-    return out
 
 
 def save_checkpoint(
@@ -116,56 +104,6 @@ def save_checkpoint(
     if old.exists():
         shutil.rmtree(old)
     return folder
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """Accept a checkpoint folder or a run folder (then ``best/``, else ``last/``).
-
-    A folder left as ``<name>.old`` by a crash between the two renames is used as a fallback.
-    """
-    path = Path(path)
-    for candidate in (path, path / "best", path / "last"):
-        if (candidate / MODEL_FILE).is_file():
-            return candidate
-        old = candidate.with_name(candidate.name + ".old")
-        if (old / MODEL_FILE).is_file() and not candidate.exists():
-            log.warning("using %s: the newer checkpoint was not completely written", old)
-            return old
-    raise FileNotFoundError(
-        f"no checkpoint at {path}: expected {MODEL_FILE} there or in its best/ or last/ folder"
-    )
-
-
-def load_weights(model: nn.Module, folder: str | Path, strict: bool = True) -> None:
-    """Load ``model.safetensors`` of a checkpoint folder into ``model``."""
-    folder = resolve_checkpoint(folder)
-    weights = load_file(str(folder / MODEL_FILE))
-    missing, unexpected = _unwrap(model).load_state_dict(weights, strict=False)
-    if strict and (missing or unexpected):
-        raise RuntimeError(
-            f"checkpoint {folder / MODEL_FILE} does not fit the model: "
-            f"missing {sorted(missing)[:10]}, unexpected {sorted(unexpected)[:10]}"
-        )
-
-
-def load_checkpoint_config(folder: str | Path) -> Config:
-    folder = resolve_checkpoint(folder)
-    return load_config(folder / CONFIG_FILE)
-
-
-def config_for_checkpoint(
-    checkpoint: str | Path, config: str | Path | None = None, overrides: list[str] | None = None
-) -> Config | None:
-    """The config to evaluate ``checkpoint`` with: ``config`` (a YAML file) with ``overrides``,
-    else the checkpoint's saved config with ``overrides``, else None (use the saved one as is)."""
-    from vtrkit.config import apply_overrides, config_from_dict
-
-    if config is not None:
-        return load_config(config, overrides)
-    if overrides:
-        base = load_checkpoint_config(checkpoint).model_dump(mode="json")
-        return config_from_dict(apply_overrides(base, overrides), f"{checkpoint} with overrides")
-    return None
 
 
 def load_training_state(

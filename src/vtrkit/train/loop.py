@@ -29,14 +29,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from vtrkit.checkpoint import resolve_checkpoint
 from vtrkit.config import Config, save_config
 from vtrkit.distributed import DistInfo, barrier
-from vtrkit.train.checkpoint import (
-    TrainState,
-    load_training_state,
-    resolve_checkpoint,
-    save_checkpoint,
-)
+from vtrkit.train.checkpoint import TrainState, load_training_state, save_checkpoint
 from vtrkit.train.optim import build_optimizer
 from vtrkit.train.schedule import build_scheduler
 

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vtrkit.checkpoint import load_checkpoint_config, load_weights, resolve_checkpoint
 from vtrkit.config import Config
 from vtrkit.data.datasets import read_dataset
 from vtrkit.data.records import VideoRecord
@@ -18,7 +19,6 @@ from vtrkit.eval.evaluate import evaluate, with_default_window
 from vtrkit.eval.evaluate import load_subsets as read_subsets_file
 from vtrkit.eval.report import format_results_table
 from vtrkit.models.build import build_model
-from vtrkit.train.checkpoint import load_checkpoint_config, load_weights, resolve_checkpoint
 from vtrkit.train.loop import FitResult, fit, seed_everything
 
 log = logging.getLogger(__name__)

@@ -40,8 +40,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from vtrkit.checkpoint import STATE_FILE
 from vtrkit.config import Config
-from vtrkit.train.checkpoint import STATE_FILE, TrainState, rng_state, set_rng_state
+from vtrkit.train.checkpoint import TrainState, rng_state, set_rng_state
 from vtrkit.videoclip.data import NarratedVideo
 from vtrkit.videoclip.sampler import SamplerSettings
 

@@ -38,18 +38,12 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from vtrkit.checkpoint import load_checkpoint_config, load_weights, resolve_checkpoint
 from vtrkit.config import Config, VideoClipConfig, save_config
 from vtrkit.data.datasets import read_dataset
 from vtrkit.data.records import VideoRecord
 from vtrkit.distributed import DistInfo, barrier, broadcast_object, cleanup, setup
-from vtrkit.train.checkpoint import (
-    TrainState,
-    load_checkpoint_config,
-    load_training_state,
-    load_weights,
-    resolve_checkpoint,
-    save_checkpoint,
-)
+from vtrkit.train.checkpoint import TrainState, load_training_state, save_checkpoint
 from vtrkit.train.optim import build_optimizer
 from vtrkit.train.schedule import build_scheduler
 from vtrkit.videoclip.batcher import cluster_batches, random_batches
