@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from vtrkit.index.build.discovery import collect_videos, expand_sources  # noqa: F401
 from vtrkit.index.storage.ann import AnnConfig
 from vtrkit.index.storage.catalog import Catalog, FileStat, NewWindow
 from vtrkit.index.build.window_decoding import DecodedVideo, decode_windows
@@ -31,12 +31,6 @@ from vtrkit.index.storage.lock import writer_lock
 from vtrkit.models.base import VideoFeatures
 
 log = logging.getLogger(__name__)
-
-VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"}
-)
-LIST_EXTENSIONS = frozenset({".txt", ".lst", ".list"})
-
 
 @dataclass
 class BuildReport:
@@ -66,37 +60,6 @@ class BuildReport:
             lines.append(f"  sharded over {len(self.windows_per_rank)} processes ({per_rank})")
         lines += [f"  failed: {path}: {reason}" for path, reason in self.failed]
         return "\n".join(lines)
-
-
-def collect_videos(source: str | Path) -> list[Path]:
-    """Video files named by ``source``, sorted and absolute.
-
-    ``source`` is a folder (searched recursively for video extensions), a list file (``.txt``,
-    ``.lst``, ``.list``: one path per line, relative to the list's folder, ``#`` comments), or a
-    single video file (any extension, so a misnamed file is tried and reported, not skipped).
-    """
-    source = Path(source)
-    if source.is_dir():
-        found = [
-            p
-            for p in source.rglob("*")
-            if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file() and not p.name.startswith(".")
-        ]
-    elif source.is_file() and source.suffix.lower() in LIST_EXTENSIONS:
-        found = []
-        for number, line in enumerate(source.read_text().splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            path = Path(line) if Path(line).is_absolute() else source.parent / line
-            if not path.is_file():
-                raise FileNotFoundError(f"{source}:{number}: listed video {path} does not exist")
-            found.append(path)
-    elif source.is_file():
-        found = [source]
-    else:
-        raise FileNotFoundError(f"{source}: no such folder, list file or video")
-    return sorted({p.resolve() for p in found})
 
 
 def hash_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -388,13 +351,3 @@ def build_index(
         return updater.update(paths, remove_missing=True)
     finally:
         library.close()
-
-
-def expand_sources(videos: str | Path | Sequence[str | Path]) -> list[Path]:
-    """All video files named by a source or a list of sources (see :func:`collect_videos`)."""
-    if isinstance(videos, (str, os.PathLike)):
-        return collect_videos(videos)
-    out: list[Path] = []
-    for item in videos:
-        out.extend(collect_videos(item))
-    return sorted(set(out))
