@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -42,8 +43,43 @@ _RETRIES = 5
 follows a commit, so more than one or two would need compactions back to back."""
 
 
+MAX_OVERLAP = 16
+"""At most this many windows may cover one moment (stride >= length / MAX_OVERLAP): a smaller
+stride multiplies the encoding work without finding anything new."""
+
+
 class IndexMismatchError(RuntimeError):
     """The index was built with another model (or other settings) than the one given."""
+
+
+class SettingsError(ValueError):
+    """Index settings that cannot work (a window shorter than one frame, a zero stride, ...);
+    raised before anything is written, naming the option."""
+
+
+def check_window_settings(length: float, stride: float, fps: float) -> None:
+    """Raise :class:`SettingsError` unless windows of ``length`` s every ``stride`` s make sense
+    for frames sampled at ``fps``: finite, at least one sampled frame long, stride in
+    (0, length] and not below length / MAX_OVERLAP."""
+    if not (math.isfinite(fps) and fps > 0):
+        raise SettingsError(f"the model's frame rate must be a positive number, got fps={fps}")
+    if not math.isfinite(length) or length < 1 / fps - 1e-9:
+        raise SettingsError(
+            f"window length (--window, window_length) is {length} s; it must be at least one "
+            f"sampled frame, 1/fps = {1 / fps:g} s (e.g. the model's clip length; leave it unset "
+            "for the default)"
+        )
+    if not math.isfinite(stride) or stride <= 0 or stride > length:
+        raise SettingsError(
+            f"window stride (--stride, window_stride) is {stride} s; it must be above 0 and at "
+            f"most the window length {length:g} s (leave it unset for half the window)"
+        )
+    if stride < length / MAX_OVERLAP - 1e-9:
+        raise SettingsError(
+            f"window stride (--stride, window_stride) is {stride} s: more than {MAX_OVERLAP} "
+            f"windows of {length:g} s would cover each moment; use at least "
+            f"{length / MAX_OVERLAP:g} s"
+        )
 
 
 @dataclass(frozen=True)
@@ -59,6 +95,14 @@ class IndexSettings:
     window_stride: float
     source: dict[str, Any] = field(default_factory=lambda: {"kind": "custom"})
     """How to rebuild the encoder: {"kind": "checkpoint"|"backbone", "path": ...} or custom."""
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "num_frames", "image_size"):
+            if int(getattr(self, name)) < 1:
+                raise SettingsError(
+                    f"index setting {name} must be positive, got {getattr(self, name)}"
+                )
+        check_window_settings(self.window_length, self.window_stride, self.fps)
 
     def to_meta(self) -> dict[str, str]:
         data = asdict(self)
@@ -78,6 +122,11 @@ class IndexSettings:
                 window_stride=float(meta["window_stride"]),
                 source=json.loads(meta.get("source", '{"kind": "custom"}')),
             )
+        except SettingsError as exc:
+            raise CatalogError(
+                f"{where}: the index was saved with settings this vtrkit refuses ({exc}); an "
+                "older version accepted them. Delete the folder and build the index again"
+            ) from exc
         except (KeyError, ValueError) as exc:
             raise CatalogError(
                 f"{where}: the catalog's settings are incomplete ({exc}); the build that created "
