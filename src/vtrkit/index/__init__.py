@@ -5,6 +5,7 @@ searched by text, by example video, or video→text. See :class:`VideoIndex`.
 """
 
 from vtrkit.index.build.incremental import BuildReport, build_index, collect_videos
+from vtrkit.index.results import Moment, VideoHit
 from vtrkit.index.search import CaptionMatch, SearchResult, VideoIndex
 from vtrkit.index.storage.ann import AnnConfig, AnnIndex
 from vtrkit.index.storage.catalog import CatalogError
@@ -26,7 +27,9 @@ __all__ = [
     "IndexMismatchError",
     "IndexSettings",
     "ModelEncoder",
+    "Moment",
     "SearchResult",
+    "VideoHit",
     "VideoIndex",
     "build_index",
     "collect_videos",

@@ -9,7 +9,9 @@ text, so such a file cannot be recorded; the reason says to rename it). Hidden n
 are left out silently, as before.
 
 :func:`discover` returns both lists; :func:`collect_videos` and :func:`expand_sources` return the
-videos only and log what was skipped.
+videos only and log what was skipped. :func:`plan_build` adds what a build of an existing index
+must keep: the files added to it with ``index add`` from outside the sources
+(:mod:`vtrkit.index.storage.added`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vtrkit.index.storage.skipped import Skipped
+from vtrkit.index.storage.added import read_added, write_added
+from vtrkit.index.storage.skipped import Skipped, record_skipped
 
 log = logging.getLogger(__name__)
 
@@ -200,3 +203,42 @@ def collect_videos(source: str | Path) -> list[Path]:
 def expand_sources(videos: str | Path | Sequence[str | Path]) -> list[Path]:
     """All video files named by a source or a list of sources (see :func:`collect_videos`)."""
     return _log_skipped(discover(videos))
+
+
+@dataclass
+class BuildPlan:
+    """What a build of some sources into an index is given.
+
+    paths: the videos found plus ``kept``; skipped: names skipped with reasons; kept: files added
+    earlier with ``index add`` that lie outside the sources but still exist (kept unless pruned);
+    pruned: such files dropped because ``prune`` was asked.
+    """
+
+    paths: list[Path]
+    skipped: list[Skipped]
+    kept: list[Path]
+    pruned: list[str]
+
+
+def plan_build(
+    sources: str | Path | Sequence[str | Path], out: str | Path, prune: bool = False
+) -> BuildPlan:
+    """Discover ``sources`` and decide what happens to the files added to the index ``out`` with
+    ``index add`` that are not among them: kept while they exist, dropped with ``prune``."""
+    found = discover(sources)
+    named = {str(p) for p in found.videos}
+    outside = [p for p in read_added(out) if p not in named]
+    existing = [p for p in outside if Path(p).is_file()]
+    if prune:
+        return BuildPlan(found.videos, found.skipped, [], existing)
+    kept = [Path(p) for p in existing]
+    return BuildPlan(sorted({*found.videos, *kept}), found.skipped, kept, [])
+
+
+def record_build(out: str | Path, plan: BuildPlan, removed: Sequence[str]) -> None:
+    """After a build of ``plan`` into ``out``: its skipped names replace the recorded ones, and
+    only the kept files stay recorded as added (removed and pruned ones are forgotten)."""
+    indexed = [str(p) for p in plan.paths]
+    record_skipped(out, plan.skipped, replace=True, indexed=indexed)
+    gone = set(removed) | set(plan.pruned)
+    write_added(out, [str(p) for p in plan.kept if str(p) not in gone])
