@@ -1,0 +1,313 @@
+"""Still images with captions for image–text pretraining of the tiny CLIP (SPEC §6).
+
+A still is 1-3 objects (colour x shape, as in the video benchmark) on one of the benchmark's
+backgrounds; each object has a *size* (small, large) and a *position*, one cell of a 3x3 grid
+(top left, top, top right, left, centre, right, bottom left, bottom, bottom right). The caption
+says what the frame shows, with varied phrasing and object order: "two objects: a small red
+circle at the top left and a big blue square on the right".
+
+Nothing is stored: a still is a pure function of ``(seed, split, epoch, index)`` through its own
+random stream (:meth:`StillStream.still`), disjoint from the streams of the video benchmark
+(:mod:`vtrkit.data.synthetic` seeds its splits with ``[seed, k]``, two numbers; stills use five),
+so a still is never a frame of a benchmark video.
+
+**Held-out compositions.** A seeded set of (colour, shape, position) triples never appears in a
+training still; the ``heldout`` split makes every still contain one of them (its other objects
+are ordinary), for zero-shot image–text retrieval on compositions the model has not seen.
+The ``probe_train`` / ``probe_test`` splits hold single-object training-distribution stills whose
+attributes are the labels of the linear probes.
+
+Images are rendered by :func:`vtrkit.data.synthetic_render.render` at the benchmark's render size
+(64 px) and resized with the same transform as decoded video frames (antialiased bicubic).
+Shapes: N stills, R render size, S model image size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from vtrkit.data.synthetic_render import render
+from vtrkit.data.synthetic_scene import (
+    COLOURS,
+    MARGIN,
+    SHAPES,
+    Background,
+    ObjectState,
+    Plan,
+    sample_background,
+)
+
+POSITIONS: tuple[str, ...] = (
+    "top left",
+    "top",
+    "top right",
+    "left",
+    "centre",
+    "right",
+    "bottom left",
+    "bottom",
+    "bottom right",
+)
+"""Grid cells in reading order: cell k is column ``k % 3``, row ``k // 3`` (y down)."""
+POSITION_PHRASES: dict[str, tuple[str, ...]] = {
+    "top left": ("at the top left", "in the top left corner", "in the upper left"),
+    "top": ("at the top", "near the top", "at the top middle"),
+    "top right": ("at the top right", "in the top right corner", "in the upper right"),
+    "left": ("on the left", "at the left", "on the left side"),
+    "centre": ("in the centre", "in the middle", "at the centre"),
+    "right": ("on the right", "at the right", "on the right side"),
+    "bottom left": ("at the bottom left", "in the bottom left corner", "in the lower left"),
+    "bottom": ("at the bottom", "near the bottom", "at the bottom middle"),
+    "bottom right": ("at the bottom right", "in the bottom right corner", "in the lower right"),
+}
+SIZES: tuple[str, ...] = ("small", "large")
+SIZE_WORDS: dict[str, tuple[str, ...]] = {"small": ("small", "little"), "large": ("large", "big")}
+RADIUS_RANGES: dict[str, tuple[float, float]] = {"small": (0.065, 0.085), "large": (0.115, 0.14)}
+"""Radius (fraction of the frame side) of each size; the video objects' radii lie in between
+and around (0.05-0.19), and two large objects in neighbouring cells never touch."""
+JITTER = 0.02
+"""Largest offset of an object from its cell centre, in frame widths."""
+COUNT_WORDS = ("one", "two", "three")
+SPLITS: tuple[str, ...] = ("train", "heldout", "probe_train", "probe_test")
+_STILLS_STREAM = 1009  # first number after the seed: keeps still streams apart from others
+_HELDOUT_STREAM = 9
+
+if TYPE_CHECKING:
+    from vtrkit.config import PretrainConfig
+
+Composition = tuple[str, str, str]
+"""(colour, shape, position) of one object."""
+
+
+@dataclass(frozen=True)
+class StillObject:
+    """One object of a still: names of its attributes and its geometry (fractions of the frame)."""
+
+    colour: str
+    shape: str
+    size: str
+    position: str
+    x: float
+    y: float
+    r: float
+
+    @property
+    def composition(self) -> Composition:
+        return (self.colour, self.shape, self.position)
+
+
+@dataclass(frozen=True)
+class Still:
+    """A still image's content and its caption."""
+
+    objects: tuple[StillObject, ...]
+    background: Background
+    caption: str
+
+    @property
+    def description(self) -> frozenset[tuple[str, str, str, str]]:
+        """What the caption says, independent of phrasing and order: equal for equal content."""
+        return frozenset((o.colour, o.shape, o.size, o.position) for o in self.objects)
+
+
+def heldout_compositions(seed: int, pairs: int, positions: int) -> frozenset[Composition]:
+    """``pairs`` colour-shape pairs, each held out at ``positions`` of the 9 positions (seeded).
+
+    Positions are dealt round-robin over a shuffled order so that every position is held out
+    about equally often.
+    """
+    every_pair = [(c, s) for c in COLOURS for s in SHAPES]
+    if not 0 <= pairs <= len(every_pair):
+        raise ValueError(f"pretrain.heldout_pairs must be in 0..{len(every_pair)}, got {pairs}")
+    if not 1 <= positions < len(POSITIONS):
+        raise ValueError(
+            f"pretrain.heldout_positions must be in 1..{len(POSITIONS) - 1}, got {positions}"
+        )
+    rng = np.random.default_rng([seed, _STILLS_STREAM, _HELDOUT_STREAM])
+    chosen = [every_pair[int(i)] for i in rng.permutation(len(every_pair))[:pairs]]
+    order = [POSITIONS[int(i)] for i in rng.permutation(len(POSITIONS))]
+    out = set()
+    for k, (colour, shape) in enumerate(chosen):
+        for j in range(positions):
+            out.add((colour, shape, order[(k * positions + j) % len(order)]))
+    return frozenset(out)
+
+
+def _place(rng: np.random.Generator, colour: str, shape: str, cell: int) -> StillObject:
+    size = SIZES[int(rng.integers(len(SIZES)))]
+    r = float(rng.uniform(*RADIUS_RANGES[size]))
+    x = (cell % 3 + 0.5) / 3 + rng.uniform(-JITTER, JITTER)
+    y = (cell // 3 + 0.5) / 3 + rng.uniform(-JITTER, JITTER)
+    x = float(np.clip(x, r + MARGIN, 1 - r - MARGIN))
+    y = float(np.clip(y, r + MARGIN, 1 - r - MARGIN))
+    return StillObject(colour, shape, size, POSITIONS[cell], x, y, r)
+
+
+def _allowed_names(
+    cell: int, heldout: frozenset[Composition], taken: set[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    return [
+        (c, s)
+        for c in COLOURS
+        for s in SHAPES
+        if (c, s) not in taken and (c, s, POSITIONS[cell]) not in heldout
+    ]
+
+
+def sample_objects(
+    rng: np.random.Generator,
+    count: int,
+    heldout: frozenset[Composition],
+    include_heldout: bool = False,
+) -> tuple[StillObject, ...]:
+    """``count`` objects with distinct colour-shape names in distinct cells.
+
+    None of them has a held-out composition, except that ``include_heldout`` makes the first
+    one drawn a held-out composition (the objects are returned in drawing order; captions
+    shuffle them).
+    """
+    cells = [int(c) for c in rng.permutation(len(POSITIONS))]
+    objects: list[StillObject] = []
+    taken: set[tuple[str, str]] = set()
+    if include_heldout:
+        if not heldout:
+            raise ValueError("the heldout split needs held-out compositions (heldout_pairs > 0)")
+        options = sorted(heldout)
+        colour, shape, position = options[int(rng.integers(len(options)))]
+        cell = POSITIONS.index(position)
+        cells.remove(cell)
+        objects.append(_place(rng, colour, shape, cell))
+        taken.add((colour, shape))
+    for cell in cells[: count - len(objects)]:
+        names = _allowed_names(cell, heldout, taken)
+        colour, shape = names[int(rng.integers(len(names)))]
+        objects.append(_place(rng, colour, shape, cell))
+        taken.add((colour, shape))
+    return tuple(objects)
+
+
+def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def object_phrase(rng: np.random.Generator, obj: StillObject) -> str:
+    """``"a small red circle at the top left"`` with a random size word and position phrase."""
+    size = _pick(rng, SIZE_WORDS[obj.size])
+    return f"a {size} {obj.colour} {obj.shape} {_pick(rng, POSITION_PHRASES[obj.position])}"
+
+
+def describe(rng: np.random.Generator, objects: Sequence[StillObject]) -> str:
+    """A caption naming every object's size, colour, shape and position, in a random order and
+    one of several phrasings (plain list, counted "two objects: ...", "an image of ...")."""
+    phrases = [object_phrase(rng, objects[int(i)]) for i in rng.permutation(len(objects))]
+    listed = phrases[-1] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    n = len(objects)
+    noun = _pick(rng, ("object", "shape")) + ("s" if n > 1 else "")
+    prefixes = ("", f"{COUNT_WORDS[n - 1]} {noun}: ", "an image of ", "a picture with ")
+    return _pick(rng, prefixes) + listed
+
+
+class StillStream:
+    """Stills as a pure function of ``(seed, split, epoch, index)``.
+
+    Args:
+        seed: the pretraining data seed (also fixes the held-out compositions).
+        heldout_pairs, heldout_positions: see :func:`heldout_compositions`.
+        max_objects: objects per still are uniform in 1..max_objects (probe stills have one).
+    """
+
+    def __init__(
+        self, seed: int, heldout_pairs: int = 8, heldout_positions: int = 3, max_objects: int = 3
+    ) -> None:
+        if not 1 <= max_objects <= 3:
+            raise ValueError(f"max_objects must be 1, 2 or 3, got {max_objects}")
+        self.seed = seed
+        self.max_objects = max_objects
+        self.heldout = heldout_compositions(seed, heldout_pairs, heldout_positions)
+
+    @classmethod
+    def from_config(cls, cfg: PretrainConfig) -> StillStream:
+        """The stills of a ``pretrain`` config section."""
+        return cls(cfg.data_seed, cfg.heldout_pairs, cfg.heldout_positions, cfg.max_objects)
+
+    def rng(self, split: str, epoch: int, index: int) -> np.random.Generator:
+        if split not in SPLITS:
+            raise ValueError(f"unknown stills split {split!r}; use one of {', '.join(SPLITS)}")
+        return np.random.default_rng([self.seed, _STILLS_STREAM, SPLITS.index(split), epoch, index])
+
+    def still(self, split: str, epoch: int, index: int) -> Still:
+        """The still number ``index`` of ``epoch`` in ``split`` (evaluation splits use epoch 0)."""
+        rng = self.rng(split, epoch, index)
+        single = split.startswith("probe")
+        count = 1 if single else int(rng.integers(1, self.max_objects + 1))
+        objects = sample_objects(rng, count, self.heldout, include_heldout=split == "heldout")
+        background = sample_background(rng)
+        return Still(objects, background, describe(rng, objects))
+
+    def stills(self, split: str, epoch: int, indices: Sequence[int]) -> list[Still]:
+        return [self.still(split, epoch, int(i)) for i in indices]
+
+    def unique_stills(self, split: str, count: int) -> list[Still]:
+        """The first ``count`` stills of ``split`` (epoch 0) whose descriptions are all distinct,
+        so that each caption has exactly one matching image in a retrieval gallery."""
+        out: list[Still] = []
+        seen: set[frozenset[tuple[str, str, str, str]]] = set()
+        index = 0
+        while len(out) < count:
+            if index > 50 * count + 1000:
+                raise RuntimeError(
+                    f"could not draw {count} stills with distinct captions from split {split!r}; "
+                    "ask for fewer or hold out more compositions"
+                )
+            still = self.still(split, 0, index)
+            index += 1
+            if still.description not in seen:
+                seen.add(still.description)
+                out.append(still)
+        return out
+
+
+def render_still(still: Still, render_size: int = 64) -> np.ndarray:
+    """The still drawn by the video renderer: uint8 [R, R, 3] RGB."""
+    objects = tuple(ObjectState(o.colour, o.shape, o.x, o.y, o.r, True) for o in still.objects)
+    plan = Plan(objects, (), still.background, 1.0)
+    return render(plan, render_size, 1.0)[0]
+
+
+def still_pixels(stills: Sequence[Still], image_size: int, render_size: int = 64) -> torch.Tensor:
+    """Model input of N stills: float32 [N, 3, S, S], rendered at R px, resized with the video
+    frames' transform (antialiased bicubic in uint8), scaled and normalised with CLIP's stats."""
+    from vtrkit.data import transforms
+
+    if not stills:
+        return torch.zeros(0, 3, image_size, image_size)
+    frames = torch.from_numpy(np.stack([render_still(s, render_size) for s in stills]))
+    return transforms.preprocess(frames, image_size)
+
+
+def attribute_labels(stills: Sequence[Still]) -> dict[str, torch.Tensor]:
+    """Class indices of the first object of each still: ``colour`` (6), ``shape`` (4),
+    ``position`` (9) and ``size`` (2), each long [N] (the probe targets)."""
+    tables = {
+        "colour": list(COLOURS),
+        "shape": list(SHAPES),
+        "position": list(POSITIONS),
+        "size": list(SIZES),
+    }
+    return {
+        name: torch.tensor([values.index(getattr(s.objects[0], name)) for s in stills])
+        for name, values in tables.items()
+    }
+
+
+ATTRIBUTE_CLASSES: dict[str, int] = {
+    "colour": len(COLOURS),
+    "shape": len(SHAPES),
+    "position": len(POSITIONS),
+    "size": len(SIZES),
+}
