@@ -4,7 +4,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,6 +20,10 @@ index_app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+"""Set for commands that load a model, unless -v: transformers' "Loading weights" bar and INFO
+lines are not the user's business on every search."""
 
 
 def register(app: typer.Typer) -> None:
@@ -30,6 +38,7 @@ def _user_errors(func: F) -> F:
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from vtrkit.config import ConfigError
+        from vtrkit.data.decode import VideoDecodeError
         from vtrkit.index import CatalogError, IndexMismatchError
         from vtrkit.index.build.torchrun_build import ShardedBuildError
 
@@ -41,6 +50,7 @@ def _user_errors(func: F) -> F:
             FileNotFoundError,
             ValueError,
             ShardedBuildError,
+            VideoDecodeError,
         )
         try:
             return func(*args, **kwargs)
@@ -49,6 +59,52 @@ def _user_errors(func: F) -> F:
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _verbose() -> bool:
+    return logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+
+
+@contextmanager
+def _quiet(own_info: bool = False) -> Iterator[None]:
+    """Silence transformers' progress bars and INFO lines (and with ``own_info`` vtrkit's INFO
+    lines) for one command; ``vtrkit -v`` shows everything."""
+    if _verbose():
+        yield
+        return
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    if "transformers" in sys.modules:  # already imported: the variables were read
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    ours = logging.getLogger("vtrkit")
+    level = ours.level
+    if own_info:
+        ours.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        ours.setLevel(level)
+
+
+def _print_outcome(
+    report: Any, skipped: Sequence[Any], kept: Sequence[Path] = (), pruned: Sequence[str] = ()
+) -> None:
+    """A build's or add's summary, then every file it removed, kept or skipped, by name."""
+    typer.echo(report.summary())
+    for path in report.removed:
+        why = "added with `index add`, dropped by --prune" if path in pruned else "not in VIDEOS"
+        typer.echo(f"  removed: {path} ({why})")
+    for path in kept:
+        typer.echo(
+            f"  kept: {path} (added with `vtrkit index add`, not in VIDEOS; --prune drops it)"
+        )
+    if skipped:
+        typer.echo(f"{len(skipped)} skipped before decoding (nothing to index):")
+    for entry in skipped:
+        typer.echo(f"  skipped: {entry.path}: {entry.reason}")
 
 
 def _encoder(
@@ -87,12 +143,22 @@ def build(
     num_frames: int = typer.Option(12, help="Frames per window (--backbone only)."),
     image_size: int = typer.Option(224, help="Frame size in pixels (--backbone only)."),
     fps: float = typer.Option(1.0, help="Frames sampled per second (--backbone only)."),
+    # No square brackets in help texts: the help renderer takes them for markup and drops them.
     window: float | None = typer.Option(
-        None, help="Window length in seconds [default: frames / fps]."
+        None,
+        help="Window length in seconds. Default: the index's own for an existing index, else the "
+        "span the model sees at once (frames / fps).",
     ),
-    stride: float | None = typer.Option(None, help="Window stride in seconds [default: window/2]."),
-    batch: int = typer.Option(16, help="Windows per forward pass."),
-    workers: int = typer.Option(2, help="Decoding threads."),
+    stride: float | None = typer.Option(
+        None, help="Seconds between window starts. Default: the index's own, else half a window."
+    ),
+    batch: int = typer.Option(16, min=1, help="Windows per forward pass."),
+    workers: int = typer.Option(2, min=1, help="Decoding threads."),
+    prune: bool = typer.Option(
+        False,
+        help="Also drop videos added with `vtrkit index add` that are not in VIDEOS (by default "
+        "a build keeps them while their files exist).",
+    ),
     device: str | None = typer.Option(
         None,
         # No square brackets: the help renderer takes them for markup and drops them.
@@ -101,17 +167,21 @@ def build(
     ),
 ) -> None:
     """Index VIDEOS into -o LIB: new files are encoded, changed ones re-encoded, removed ones
-    dropped. Safe to interrupt: rerunning resumes where it stopped.
+    dropped (files added with `index add` are kept unless --prune). Every file not indexed is
+    named with the reason. Safe to interrupt: rerunning resumes where it stopped.
 
     Launched by torchrun (e.g. `torchrun --nproc-per-node 4 -m vtrkit index build ...`), each
     process encodes a share of the files into LIB/shards/rank-<r>/ and rank 0 merges the shards
     into LIB; the index is the same as a single-process build's."""
+    from vtrkit.index.build.discovery import plan_build, record_build
     from vtrkit.index.build.incremental import build_index
     from vtrkit.index.build.torchrun_build import DistEnv, build_index_sharded, resolve_device
 
     env = DistEnv.from_env()
     device = resolve_device(device, env)
-    encoder = _encoder(checkpoint, backbone, num_frames, image_size, fps, device, batch)
+    plan = plan_build(videos, output, prune)  # a missing VIDEOS fails before the model loads
+    with _quiet():
+        encoder = _encoder(checkpoint, backbone, num_frames, image_size, fps, device, batch)
     options: dict[str, Any] = dict(
         window_length=window,
         window_stride=stride,
@@ -120,11 +190,13 @@ def build(
         progress=True,
     )
     if env.sharded:
-        report = build_index_sharded(videos, output, encoder, **options)
-        if report is not None:  # rank 0; the other ranks print nothing
-            typer.echo(report.summary())
-        return
-    typer.echo(build_index(videos, output, encoder, **options).summary())
+        report = build_index_sharded(plan.paths, output, encoder, **options)
+        if report is None:  # not rank 0: the other ranks print nothing
+            return
+    else:
+        report = build_index(plan.paths, output, encoder, **options)
+    record_build(output, plan, report.removed)
+    _print_outcome(report, plan.skipped, plan.kept, plan.pruned)
 
 
 @index_app.command("add")
@@ -134,12 +206,13 @@ def add(
     paths: list[Path] = typer.Argument(..., help="Videos, folders or list files to add."),
     device: str = typer.Option("cpu", help="Torch device."),
 ) -> None:
-    """Add new or changed videos to an index with the model it was built with."""
+    """Add new or changed videos to an index with the model it was built with. A later
+    `index build` keeps them (unless --prune)."""
     from vtrkit.index import VideoIndex
 
-    with VideoIndex.open(library, writable=True, device=device) as index:
+    with _quiet(), VideoIndex.open(library, writable=True, device=device) as index:
         report = index.add(paths, progress=True)
-    typer.echo(report.summary())
+    _print_outcome(report, index.last_skipped)
 
 
 @index_app.command("compact")
@@ -161,18 +234,32 @@ def status(
     library: Path = typer.Argument(..., help="Index folder."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Counts, settings and failed files of an index (does not load the model)."""
+    """Counts and settings of an index, and every file not fully indexed with the reason:
+    failed, partial (some windows could not be decoded) and skipped (not a video file). Does
+    not load the model."""
     from dataclasses import asdict
 
     from vtrkit.index.storage.library import Library
+    from vtrkit.index.storage.skipped import read_skipped
 
     lib = Library.open(library)
     try:
+        problems = [
+            {"path": v.path, "status": v.status, "reason": v.error or ""}
+            for v in lib.catalog.videos()
+            if v.status != "ok"
+        ]
         info = {
             "index": str(library),
             "counts": lib.catalog.counts(),
             "settings": asdict(lib.settings),
-            "failed": [{"path": v.path, "error": v.error} for v in lib.catalog.videos("failed")],
+            "failed": [
+                {"path": p["path"], "error": p["reason"]}
+                for p in problems
+                if p["status"] == "failed"
+            ],
+            "problems": problems,
+            "skipped": [asdict(s) for s in read_skipped(library)],
         }
     finally:
         lib.close()
@@ -180,9 +267,13 @@ def status(
         typer.echo(json.dumps(info, indent=2))
         return
     c, s = info["counts"], lib.settings
+    by_status: dict[str, int] = {}
+    for item in problems:
+        by_status[item["status"]] = by_status.get(item["status"], 0) + 1
+    extra = "".join(f", {n} {name}" for name, n in sorted(by_status.items()) if name != "failed")
     typer.echo(
-        f"{library}: {c['videos']} videos, {c['windows']} windows, {c['failed']} failed, "
-        f"{c['dead_rows']} dead feature rows"
+        f"{library}: {c['videos']} videos, {c['windows']} windows, {c['failed']} failed{extra}, "
+        f"{len(info['skipped'])} skipped, {c['dead_rows']} dead feature rows"
     )
     if c["dead_rows"]:
         typer.echo(
@@ -193,39 +284,77 @@ def status(
         f"model {s.fingerprint} ({s.describe_source()}); windows of {s.window_length:g} s every "
         f"{s.window_stride:g} s; {s.num_frames} frames at {s.fps:g} fps, {s.image_size} px"
     )
-    for item in info["failed"]:
-        typer.echo(f"  failed: {item['path']}: {item['error']}")
+    for item in problems:
+        typer.echo(f"  {item['status']}: {item['path']}: {item['reason']}")
+    for entry in info["skipped"]:
+        typer.echo(f"  skipped: {entry['path']}: {entry['reason']}")
+
+
+RERANK_HELP = (
+    "Re-rank this many of the best windows by cosine with the model's own head. Default: 100 "
+    "when the model has a fine-grained head (X-CLIP, CLIP2TV with matching), else 0 (off)."
+)
 
 
 @_user_errors
 def search(
     library: Path = typer.Argument(..., help="Index folder."),
     query: str | None = typer.Argument(None, help="What to look for (omit with --like)."),
-    k: int = typer.Option(10, "-k", help="Number of results."),
-    rerank: int | None = typer.Option(
-        None, help="Re-rank this many ANN candidates with the model's head."
+    k: int = typer.Option(10, "-k", min=1, help="Number of videos (windows with --windows)."),
+    rerank: int | None = typer.Option(None, min=0, help=RERANK_HELP),
+    like: Path | None = typer.Option(None, help="Find videos similar to this video instead."),
+    windows: bool = typer.Option(
+        False, "--windows", help="List windows one by one instead of one line per video."
     ),
-    like: Path | None = typer.Option(None, help="Find windows similar to this video instead."),
-    one_per_video: bool = typer.Option(False, help="Only the best window of each video."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     device: str = typer.Option("cpu", help="Torch device."),
 ) -> None:
-    """Search an index by text (or by example video with --like)."""
+    """Search an index by text (or by example video with --like): one line per video with its
+    best moment, its other matching moments below it.
+
+    Each call loads the model (seconds for a large one): `vtrkit serve` or the Python API
+    (`VideoIndex.open(...).search_videos(...)`) keep it loaded between queries."""
     from vtrkit.index import VideoIndex
+    from vtrkit.index.results import describe_scores
 
     if (query is None) == (like is None):
         raise typer.BadParameter("give a QUERY or --like FILE (one of them)")
-    with VideoIndex.open(library, device=device) as index:
+    with _quiet(own_info=True), VideoIndex.open(library, device=device) as index:
+        used = 0
         if like is not None:
-            results = index.search_like(like, k=k)
+            hits: list[Any] = (
+                index.search_like(like, k=k) if windows else index.search_videos_like(like, k=k)
+            )
         else:
             assert query is not None
-            results = index.search(query, k=k, rerank=rerank, one_per_video=one_per_video)
+            used = index.default_rerank if rerank is None else rerank
+            if windows:
+                hits = index.search(query, k=k, rerank=used)
+            else:
+                hits = index.search_videos(query, k=k, rerank=used)
     if as_json:
-        typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
+        typer.echo(json.dumps([h.to_dict() for h in hits], indent=2))
         return
-    for r in results:
-        typer.echo(f"{r.rank:3d}  {r.score:8.4f}  {r.start:7.1f}-{r.end:<7.1f} {r.path}")
+    if not hits:
+        typer.echo("no results: the index holds no searchable window")
+        return
+    typer.echo(describe_scores("head" if used else "cosine", used))
+    _print_hits(hits)
+
+
+def _print_hits(hits: Sequence[Any]) -> None:
+    from vtrkit.index.results import format_time
+
+    def span(start: float, end: float) -> str:
+        return f"{format_time(start)}-{format_time(end)}"
+
+    typer.echo(f"{'rank':>4}  {'score':>8}  {'moment':<15} video")
+    for h in hits:
+        typer.echo(f"{h.rank:4d}  {h.score:8.4f}  {span(h.start, h.end):<15} {h.path}")
+        moments = getattr(h, "moments", ())
+        if moments:
+            also = ", ".join(f"{span(m.start, m.end)} ({m.score:.4f})" for m in moments)
+            typer.echo(f"{'':16}also {also}")
 
 
 @_user_errors
@@ -233,15 +362,16 @@ def serve(
     library: Path = typer.Argument(..., help="Index folder."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (localhost by default)."),
     port: int = typer.Option(8000, help="Port."),
-    rerank: int | None = typer.Option(
-        None, help="Re-rank this many candidates per query by default."
-    ),
+    rerank: int | None = typer.Option(None, min=0, help=RERANK_HELP),
     device: str = typer.Option("cpu", help="Torch device."),
 ) -> None:
-    """Serve a search page and JSON API for an index."""
+    """Serve a search page and JSON API for an index. The model stays loaded; concurrent
+    queries are encoded together and repeated ones come from a cache."""
     from vtrkit.index import VideoIndex
     from vtrkit.serve.app import serve as run
 
-    with VideoIndex.open(library, device=device) as index:
-        typer.echo(f"serving {library} on http://{host}:{port}/")
-        run(index, host=host, port=port, default_rerank=rerank)
+    with _quiet(), VideoIndex.open(library, device=device) as index:
+        used = index.default_rerank if rerank is None else rerank
+        how = f"re-ranking the best {used} windows with the model's head" if used else "cosine"
+        typer.echo(f"serving {library} on http://{host}:{port}/ ({how})")
+        run(index, host=host, port=port, default_rerank=used)

@@ -29,14 +29,16 @@ def train(
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
 ) -> None:
     """Train a model; launch with ``torchrun --nproc-per-node N`` for several processes."""
+    from vtrkit.data.datasets import AnnotationError
     from vtrkit.eval.report import format_results_table
     from vtrkit.train.pipeline import train_run
 
     try:
         cfg = load_config(config, set_)
-    except ConfigError as exc:
+        # A missing data root or annotation file is the user's to fix: one line, no traceback.
+        result = train_run(cfg, resume=resume, device=device)
+    except (ConfigError, AnnotationError) as exc:
         _fail(str(exc))
-    result = train_run(cfg, resume=resume, device=device)
     if result.last_eval is not None and int(os.environ.get("RANK", "0")) == 0:
         typer.echo(format_results_table(result.last_eval, title=f"{cfg.name}: final evaluation"))
         typer.echo(f"run folder: {result.run_dir}  (best checkpoint: {result.run_dir / 'best'})")

@@ -156,3 +156,23 @@ def group_by_video(windows: Sequence[SearchResult], k: int, scored_by: str) -> l
             )
         )
     return hits
+
+
+def format_time(seconds: float) -> str:
+    """Player-style time: ``0:04``, ``1:02:03``; tenths when not whole (``0:01.5``)."""
+    tenths = round(seconds * 10)
+    whole, tenth = divmod(tenths, 10)
+    minutes, secs = divmod(whole, 60)
+    hours, minutes = divmod(minutes, 60)
+    text = f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+    return f"{text}.{tenth}" if tenth else text
+
+
+def describe_scores(scored_by: str, rerank: int) -> str:
+    """One line saying what the scores of a result list are."""
+    if scored_by == "head":
+        return (
+            f"scores: the model's own head, re-ranking the {rerank} best windows by cosine; not "
+            "cosines (X-CLIP's include the logit scale, up to about 100): compare within a query"
+        )
+    return "scores: cosine similarity of the pooled video and text features (-1 to 1)"
