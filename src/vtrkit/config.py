@@ -239,6 +239,32 @@ class EvalConfig(_Section):
     """JSON file {subset name: [video ids]} scored separately (e.g. the synthetic subsets.json)."""
 
 
+class PretrainConfig(_Section):
+    """Image–text pretraining of the CLIP towers on synthetic stills (SPEC §6, ``vtrkit pretrain``).
+
+    The towers' shape is ``model.backbone``; optimisation is ``optim`` (all weights train at
+    ``lr_backbone``) and ``train``; ``data`` names the video benchmark of the zero-shot video row.
+    """
+
+    data_seed: int = 0
+    """Stills are a function of (data_seed, epoch, index); it also fixes the held-out set."""
+    images_per_epoch: int = Field(25600, ge=1)
+    render_size: int = Field(64, ge=16)
+    """Stills are drawn at this size (the video benchmark's) and resized to the model's."""
+    max_words: int = Field(40, ge=3)
+    """Word slots of the pretraining captions (the longest, three objects, is about 33 tokens)."""
+    max_objects: int = Field(3, ge=1, le=3)
+    heldout_pairs: int = Field(8, ge=0, le=24)
+    """Colour-shape pairs held out of training at ``heldout_positions`` positions each."""
+    heldout_positions: int = Field(3, ge=1, le=8)
+    zero_shot_images: int = Field(500, ge=2)
+    """Gallery of held-out-composition stills for zero-shot image–text retrieval."""
+    probe_train: int = Field(2000, ge=10)
+    probe_test: int = Field(1000, ge=10)
+    zero_shot_video: bool = True
+    """Also evaluate mean pooling over frames on ``data``'s test split when it exists."""
+
+
 class Config(_Section):
     """One run: data, model, optimisation, training and evaluation."""
 
@@ -248,6 +274,7 @@ class Config(_Section):
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    pretrain: PretrainConfig = PretrainConfig()
     reference: dict[str, Any] = Field(default_factory=dict)
     """Published numbers for this recipe (informational; printed beside our results)."""
 
