@@ -63,3 +63,22 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_objects(obj: object) -> list[object]:
+    """Every process's ``obj`` in rank order (a collective call; ``[obj]`` in one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def any_process(flag: bool, info: DistInfo) -> bool:
+    """True on every process when ``flag`` is True on any: a decision to stop (the time budget)
+    must be shared, or the processes that go on would wait forever in the next collective."""
+    if not info.enabled:
+        return flag
+    value = torch.tensor([int(flag)], device=info.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

@@ -35,10 +35,12 @@ from vtrkit.models.build import build_model
 from vtrkit.models.clip2tv import Clip2TV
 from vtrkit.models.fusion import FusionTransformer
 from vtrkit.models.meanpool import Clip4Clip
-from vtrkit.models.teacher import EmaTeacher, FrozenTeacher
 from vtrkit.models.temporal import TemporalEncoder
 from vtrkit.train.checkpoint import save_checkpoint
+from vtrkit.train.clip2tv_objective import Clip2TVObjective
+from vtrkit.train.objectives import ContrastiveObjective
 from vtrkit.train.optim import build_optimizer
+from vtrkit.train.teacher import EmaTeacher, FrozenTeacher
 
 NF, NW, S, D = 3, 8, 16, 32
 ARCH = ClipArch(
@@ -83,9 +85,18 @@ def vta_and_tokenizer():
 
 
 def _model(vta_and_tokenizer, **clip2tv) -> Clip2TV:
+    """A CLIP2TV model; its training objective rides along as ``model.objective`` (test only)."""
     vta, _ = vta_and_tokenizer
     torch.manual_seed(1)
-    return Clip2TV(copy.deepcopy(vta), D, _config(**clip2tv).model.clip2tv)
+    cfg = _config(**clip2tv).model.clip2tv
+    model = Clip2TV(copy.deepcopy(vta), D, cfg)
+    model.objective = Clip2TVObjective(cfg)
+    return model
+
+
+def _step(model: Clip2TV, batch):
+    """The training step's losses, as the training loop computes them."""
+    return model.objective(model, batch)
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +121,8 @@ def batch(vta_and_tokenizer):
 
 def test_vta_only_is_the_clip4clip_loss(vta_and_tokenizer, batch):
     model = _model(vta_and_tokenizer, vtm=False, sd=False)
-    out = model(batch)
-    reference = model.vta(batch)
+    out = _step(model, batch)
+    reference = ContrastiveObjective()(model.vta, batch)
     assert torch.equal(out["loss"], reference["loss"])
     assert torch.equal(out["logits"], reference["logits"])
     assert out["loss_vtm"].item() == 0 and out["loss_sd"].item() == 0
@@ -121,7 +132,7 @@ def test_vta_only_is_the_clip4clip_loss(vta_and_tokenizer, batch):
 def test_vtm_loss_uses_sampled_hard_negatives_and_is_added(vta_and_tokenizer, batch):
     model = _model(vta_and_tokenizer, vtm=True, sd=False, w_vtm=0.7)
     torch.manual_seed(11)
-    out = model(batch)
+    out = _step(model, batch)
     # Recompute the vtm loss by hand from the same random draw.
     torch.manual_seed(11)
     text = model.encode_text(batch["input_ids"], batch["text_mask"])
@@ -144,7 +155,7 @@ def test_vtm_loss_uses_sampled_hard_negatives_and_is_added(vta_and_tokenizer, ba
 
 def test_vtm_gradient_reaches_fusion_and_encoders(vta_and_tokenizer, batch):
     model = _model(vta_and_tokenizer, vtm=True, sd=False)
-    model(batch)["loss_vtm"].backward()
+    _step(model, batch)["loss_vtm"].backward()
     assert model.fusion.head.weight.grad.abs().sum() > 0
     assert model.vta.temporal.blocks[0].mlp.fc2.weight.grad.abs().sum() > 0
     token_grad = model.vta.towers.model.text_model.embeddings.token_embedding.weight.grad
@@ -173,11 +184,11 @@ def test_param_groups_cover_every_parameter_once(vta_and_tokenizer):
 
 def test_sd_replaces_infonce_and_ema_teacher_follows_steps(vta_and_tokenizer, batch):
     model = _model(vta_and_tokenizer, vtm=False, sd=True, sd_alpha=0.0, ema_momentum=0.5)
-    out = model(batch)
+    out = _step(model, batch)
     # α = 0: SD is InfoNCE to the bit, and it is what the total uses.
     assert torch.equal(out["loss_sd"], out["loss_vta"])
     assert torch.equal(out["loss"], out["loss_sd"])
-    teacher = model.teacher
+    teacher = model.objective.teacher
     assert isinstance(teacher, EmaTeacher)
     # The teacher is not part of the student's state or parameters (checkpoints stay the same).
     assert not any(k.startswith("_teacher") or "teacher" in k for k in model.state_dict())
@@ -185,7 +196,7 @@ def test_sd_replaces_infonce_and_ema_teacher_follows_steps(vta_and_tokenizer, ba
     before = {n: p.clone() for n, p in teacher.model.named_parameters()}
     with torch.no_grad():
         model.vta.temporal.frame_position.weight.add_(1.0)
-    model.on_step_end()
+    model.objective.after_step(model)
     name = "temporal.frame_position.weight"
     student_value = model.vta.temporal.frame_position.weight
     torch.testing.assert_close(
@@ -193,7 +204,7 @@ def test_sd_replaces_infonce_and_ema_teacher_follows_steps(vta_and_tokenizer, ba
     )
 
     with_teacher = _model(vta_and_tokenizer, vtm=False, sd=True, sd_alpha=0.4)
-    out = with_teacher(batch)
+    out = _step(with_teacher, batch)
     assert out["loss_sd"].item() != pytest.approx(out["loss_vta"].item())
 
 
@@ -203,10 +214,10 @@ def test_frozen_teacher_from_config(vta_and_tokenizer, batch, tmp_path):
     model = _model(
         vta_and_tokenizer, sd=True, teacher="frozen", teacher_checkpoint=tmp_path / "clean"
     )
-    assert isinstance(model.teacher, FrozenTeacher)
-    out = model(batch)
+    assert isinstance(model.objective.teacher, FrozenTeacher)
+    out = _step(model, batch)
     out["loss"].backward()
-    assert all(p.grad is None for p in model.teacher.model.parameters())
+    assert all(p.grad is None for p in model.objective.teacher.model.parameters())
     with pytest.raises(ValueError, match="teacher_checkpoint"):
         _model(vta_and_tokenizer, sd=True, teacher="frozen")
 
@@ -365,7 +376,9 @@ def _dist_model() -> Clip2TV:
     torch.manual_seed(0)
     vta = Clip4Clip(_LinearTowers(), TemporalEncoder(D, heads=4, layers=1, max_positions=NF))
     cfg = Clip2TVConfig(vtm_layers=1, vtm_heads=4, w_vtm=0.5, sd=True, sd_alpha=0.4)
-    return Clip2TV(vta, D, cfg).double()
+    model = Clip2TV(vta, D, cfg).double()
+    model.objective = Clip2TVObjective(cfg)
+    return model
 
 
 def _dist_batch() -> dict[str, torch.Tensor]:
@@ -385,7 +398,7 @@ def _dist_batch() -> dict[str, torch.Tensor]:
 
 def _loss_and_grads(model: Clip2TV, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     torch.manual_seed(5)  # the same negatives are drawn in every process
-    out = model(batch)
+    out = _step(model, batch)
     out["loss"].backward()
     result = {"loss": out["loss"].detach(), "loss_vtm": out["loss_vtm"].detach()}
     for name, p in model.named_parameters():

@@ -9,8 +9,8 @@ import torch
 
 from vtrkit.config import BackboneConfig, ClipArch, Config, DataConfig, ModelConfig
 from vtrkit.models.build import build_model
-from vtrkit.models.teacher import EmaTeacher, FrozenTeacher, load_frozen_teacher
 from vtrkit.train.checkpoint import save_checkpoint
+from vtrkit.train.teacher import EmaTeacher, FrozenTeacher, load_frozen_teacher
 
 NF, NW, S, D = 3, 8, 16, 32
 ARCH = ClipArch(

@@ -8,7 +8,8 @@ from torch.utils.data import Dataset
 from vtrkit.config import Config
 from vtrkit.distributed import DistInfo
 from vtrkit.losses.contrastive import symmetric_infonce
-from vtrkit.train.loop import fit
+from vtrkit.train.loop import fit as fit_sources
+from vtrkit.train.sources import LoaderSource
 
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -52,6 +53,22 @@ class ToyDualEncoder(nn.Module):
     def clamp_logit_scale(self, max_value: float = 4.6052) -> None:
         with torch.no_grad():
             self.logit_scale.clamp_(max=max_value)
+
+
+class ToyObjective:
+    """The toy model computes its own loss; the objective clamps its logit scale after a step."""
+
+    def __call__(self, model, batch):
+        return model(batch)
+
+    def after_step(self, model):
+        model.clamp_logit_scale()
+
+
+def fit(cfg, model, data, collate_fn, info, **kwargs):
+    """The loader-based batch source and the toy objective on the one training loop."""
+    source = LoaderSource(data, collate_fn, cfg, info)
+    return fit_sources(cfg, model, source, ToyObjective(), info, **kwargs)
 
 
 def _cfg(out, **train) -> Config:

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from vtrkit.distributed import DistInfo
-from vtrkit.train.loop import _any_process
+from vtrkit.distributed import any_process as _any_process
 
 WORLD = 2
 

@@ -39,7 +39,14 @@ def tiny_videoclip_config(
         {
             "model": {"kind": "videoclip", "videoclip": vc},
             "optim": {"lr_new": 3e-3, "weight_decay": 0.0, "warmup": 0.1},
-            "train": {"output_dir": str(out), "log_every": 1, "seed": 3, **(train or {})},
+            # One group of cluster_k videos per optimiser step, as VideoCLIP trains.
+            "train": {
+                "output_dir": str(out),
+                "log_every": 1,
+                "seed": 3,
+                "batch_size": vc["cluster_k"],
+                **(train or {}),
+            },
         }
     )
 

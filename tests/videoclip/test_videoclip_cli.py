@@ -86,6 +86,7 @@ def test_features_train_and_eval_commands(tmp_path: Path):
                 "optim": {"lr_new": 1e-3, "weight_decay": 0.0},
                 "train": {
                     "output_dir": str(run),
+                    "batch_size": 2,
                     "epochs": 2,
                     "eval_every_epoch": False,
                     "log_every": 1,

@@ -16,7 +16,7 @@ from vtrkit.checkpoint import STATE_FILE
 from vtrkit.config import Config
 from vtrkit.videoclip.data import build_word_tokenizer, load_narrated_videos
 from vtrkit.videoclip.features import load_features, read_index, save_features, write_index
-from vtrkit.videoclip.resume import EXTRA_KEY, DataFingerprint, EpochPlan, ResumeMismatchError
+from vtrkit.videoclip.resume import DataFingerprint, EpochPlan, ResumeMismatchError
 from vtrkit.videoclip.train import train_videoclip
 
 EPOCHS = 3
@@ -104,8 +104,8 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(
     saved = _state(tmp_path / "run")
     assert saved["train_state"]["step"] == saved_step
     assert saved["train_state"]["batch_in_epoch"] == saved_batch
-    extra = saved["extra"][EXTRA_KEY]
-    assert (extra["plan"] is not None) == (saved_batch > 0)
+    extra = saved["extra"]
+    assert (extra["ranks"][0]["source"]["plan"] is not None) == (saved_batch > 0)
     assert len(extra["ranks"]) == 1
     # A fresh process would rebuild the tokenizer and videos; only the checkpoint carries state.
     videos, tok = _data(root, records)
@@ -123,7 +123,7 @@ def test_budget_stop_mid_epoch_then_resume(setup, tmp_path):
     assert first.steps == 1 and first.epochs == 0
     saved = _state(tmp_path / "run")
     assert saved["train_state"]["batch_in_epoch"] == 1
-    plan = EpochPlan.from_dict(saved["extra"][EXTRA_KEY]["plan"])
+    plan = EpochPlan.from_dict(saved["extra"]["ranks"][0]["source"]["plan"])
     assert plan.epoch == 0 and [len(g) for g in plan.groups] == [4, 4, 4]
     _, rest = train_videoclip(_cfg(tmp_path / "run", root), videos, tok, resume=True)
     assert rest.steps == STEPS
@@ -243,8 +243,9 @@ def test_two_process_resume_restores_each_process_state(setup, tmp_path):
     root, records, _ = setup
     mp.spawn(_ddp_worker, args=(root, records, tmp_path), nprocs=2, join=True)
     _assert_same(_weights(tmp_path / "full"), _weights(tmp_path / "cut"))
-    ranks = _state(tmp_path / "mid")["extra"][EXTRA_KEY]["ranks"]
-    assert len(ranks) == 2 and ranks[0]["pair_rng"] != ranks[1]["pair_rng"]
+    ranks = _state(tmp_path / "mid")["extra"]["ranks"]
+    pair_rngs = [r["source"]["pair_rng"] for r in ranks]
+    assert len(ranks) == 2 and pair_rngs[0] != pair_rngs[1]
     assert not torch.equal(ranks[0]["rng"]["torch"], ranks[1]["rng"]["torch"])
     # The mid-epoch plan is split over two processes: one process cannot take it over.
     videos, tok = _data(root, records)

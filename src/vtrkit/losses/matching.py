@@ -123,6 +123,9 @@ def vtm_loss(match_logits: Tensor, label: Tensor) -> Tensor:
         label: [P] long, 1 for a positive pair, 0 for a negative.
 
     Returns:
-        Scalar mean over the P pairs.
+        Scalar mean over the P pairs, in float32 at least (half-precision logits are upcast;
+        float64 stays float64).
     """
-    return F.cross_entropy(match_logits.float(), label)
+    return F.cross_entropy(
+        match_logits.to(torch.promote_types(match_logits.dtype, torch.float32)), label
+    )

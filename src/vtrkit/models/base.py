@@ -76,7 +76,9 @@ class VideoFeatures:
 
 
 class RetrievalModel(nn.Module):
-    """Interface shared by CLIP4Clip, X-CLIP and CLIP2TV.
+    """Interface shared by CLIP4Clip, X-CLIP and CLIP2TV: encoders + similarity.
+
+    Training objectives are separate objects (:mod:`vtrkit.train.objectives`).
 
     Batches are dicts with ``frames`` [B, Nf, 3, S, S] float, ``video_mask`` [B, Nf] bool,
     ``input_ids`` [B, Nw] long, ``text_mask`` [B, Nw] bool and ``caption_key`` [B] long (equal
@@ -91,6 +93,17 @@ class RetrievalModel(nn.Module):
     def encode_video(self, frames: Tensor, video_mask: Tensor) -> VideoFeatures:
         raise NotImplementedError
 
+    def encode_images(self, images: Tensor) -> Tensor:
+        """images [N, 3, S, S] normalised -> per-image features [N, D] of the frame tower alone."""
+        raise NotImplementedError
+
+    def video_from_frame_features(
+        self, frame_features: Tensor, video_mask: Tensor
+    ) -> VideoFeatures:
+        """frame_features [V, Nf, D] from :meth:`encode_images` (padded slots: a zero image's
+        feature), video_mask [V, Nf] -> what :meth:`encode_video` gives for those frames."""
+        raise NotImplementedError
+
     def similarity(
         self, text: TextFeatures, video: VideoFeatures, text_block: int | None = None
     ) -> Tensor:
@@ -102,9 +115,10 @@ class RetrievalModel(nn.Module):
         """
         raise NotImplementedError
 
-    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Training step outputs; always contains ``loss`` (scalar) and ``logits`` [B, B]."""
-        raise NotImplementedError
+    def rerank_scores(self, text: TextFeatures, video: VideoFeatures) -> Tensor:
+        """Scores [T, V] of every pair by the model's finest scorer, used to re-rank a first
+        stage's candidates (search, evaluation); by default :meth:`similarity` itself."""
+        return self.similarity(text, video)
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone parameters, new parameters), trained at the two learning rates of SPEC §0."""

@@ -1,22 +1,14 @@
-"""CLIP2TV (SPEC §2): video–text alignment, matching on hard negatives, similarity distillation.
+"""CLIP2TV (SPEC §2): video–text alignment (vta) and a matching head (vtm) for re-ranking.
 
 The model is composed, not re-implemented: ``vta`` is the seqTransf CLIP4Clip dual encoder (its
-``encode_text``, ``encode_video``, ``similarity`` and ``logit_scale`` are CLIP2TV's), ``fusion`` the
-cross-modal matching transformer, and an optional teacher supplies SD targets.
-
-Training step on a batch (gathered across processes, B = global batch):
-
-1. vta: logits S [B, B] = λ·cos(t_i, v_j); loss_vta = symmetric InfoNCE(S).
-2. SD (``sd``): loss_sd = CE(S, q) both directions with q mixing one-hot and the teacher's softmax;
-   it *replaces* InfoNCE in the total (loss_vta is still returned for logging).
-3. vtm (``vtm``): one hard negative per text and per video drawn from softmax(S) over the allowed
-   batch items; cross-entropy of the match head over this process's positives and negatives.
-   total = (loss_sd if SD else loss_vta) + w_vtm · loss_vtm.
+``encode_text``, ``encode_video``, ``similarity`` and ``logit_scale`` are CLIP2TV's) and ``fusion``
+the cross-modal matching transformer. Its training objective (vta + vtm on hard negatives + SD, with
+the SD teacher) lives in :mod:`vtrkit.train.clip2tv_objective`; the model holds no teacher.
 
 Inference ranks by vta; :meth:`Clip2TV.rerank` re-orders each query's top-K by
 ``vta_logit/λ + w_rr · p_match``.
 
-Shapes: B batch, T texts, V videos, P pairs, K re-ranked candidates, Nw, Nf, D.
+Shapes: T texts, V videos, P pairs, K re-ranked candidates, Nw, Nf, D.
 """
 
 from __future__ import annotations
@@ -25,22 +17,11 @@ import logging
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from vtrkit.config import Clip2TVConfig
-from vtrkit.losses.contrastive import gather_with_grad, is_distributed, symmetric_infonce
-from vtrkit.losses.distillation import sd_loss
-from vtrkit.losses.matching import matching_pairs, sample_hard_negatives, vtm_loss
 from vtrkit.models.base import RetrievalModel, TextFeatures, VideoFeatures
 from vtrkit.models.fusion import FusionTransformer
-from vtrkit.models.teacher import (
-    EmaTeacher,
-    FrozenTeacher,
-    gather_text,
-    gather_video,
-    load_frozen_teacher,
-)
 
 log = logging.getLogger(__name__)
 
@@ -55,48 +36,34 @@ class Clip2TV(RetrievalModel):
         vta: the dual encoder (a seqTransf CLIP4Clip model); its features must be D wide.
         embed_dim: D, the width of its word and frame features (the fusion width).
         cfg: the ``model.clip2tv`` switches.
-        teacher: a ready frozen teacher (tests, or a caller that already holds one); by default
-            ``cfg.teacher == "frozen"`` loads ``cfg.teacher_checkpoint`` and ``"ema"`` copies the
-            student at the first training step.
     """
 
-    def __init__(
-        self,
-        vta: RetrievalModel,
-        embed_dim: int,
-        cfg: Clip2TVConfig,
-        teacher: FrozenTeacher | None = None,
-    ) -> None:
+    def __init__(self, vta: RetrievalModel, embed_dim: int, cfg: Clip2TVConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.vta = vta
         self.fusion = (
             FusionTransformer(embed_dim, cfg.vtm_layers, cfg.vtm_heads) if cfg.vtm else None
         )
-        self._teacher: EmaTeacher | FrozenTeacher | None = teacher
-        if cfg.sd and teacher is None and cfg.teacher == "frozen":
-            if cfg.teacher_checkpoint is None:
-                raise ValueError(
-                    "model.clip2tv.teacher=frozen needs model.clip2tv.teacher_checkpoint "
-                    "(a checkpoint folder with model.safetensors and config.yaml)"
-                )
-            self._teacher = load_frozen_teacher(cfg.teacher_checkpoint)
 
     # The logit scale is the vta model's own parameter (clamped by the training loop through it).
     @property
     def logit_scale(self) -> nn.Parameter:  # type: ignore[override]
         return self.vta.logit_scale
 
-    @property
-    def teacher(self) -> EmaTeacher | FrozenTeacher | None:
-        """The SD teacher (None until the first training step for the EMA kind, or without SD)."""
-        return self._teacher
-
     def encode_text(self, input_ids: Tensor, text_mask: Tensor) -> TextFeatures:
         return self.vta.encode_text(input_ids, text_mask)
 
     def encode_video(self, frames: Tensor, video_mask: Tensor) -> VideoFeatures:
         return self.vta.encode_video(frames, video_mask)
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        return self.vta.encode_images(images)
+
+    def video_from_frame_features(
+        self, frame_features: Tensor, video_mask: Tensor
+    ) -> VideoFeatures:
+        return self.vta.video_from_frame_features(frame_features, video_mask)
 
     def similarity(
         self, text: TextFeatures, video: VideoFeatures, text_block: int | None = None
@@ -110,84 +77,19 @@ class Clip2TV(RetrievalModel):
             new = [*new, *self.fusion.parameters()]
         return backbone, new
 
-    def _ensure_teacher(self) -> EmaTeacher | FrozenTeacher:
-        if self._teacher is None:
-            # Created lazily so the copy holds the weights the student really starts from (after
-            # any checkpoint or resume loading), not those of construction time.
-            self._teacher = EmaTeacher(self.vta, self.cfg.ema_momentum)
-            log.info("SD teacher: EMA of the student, momentum %.4f", self.cfg.ema_momentum)
-        return self._teacher
-
     @torch.no_grad()
-    def on_step_end(self) -> None:
-        """Training-loop hook after each optimiser step: move the EMA teacher toward the student."""
-        if isinstance(self._teacher, EmaTeacher):
-            self._teacher.update(self.vta)
-
-    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """One training step.
-
-        Args:
-            batch: ``frames`` [b, Nf, 3, S, S], ``video_mask`` [b, Nf], ``input_ids`` [b, Nw],
-                ``text_mask`` [b, Nw], ``caption_key`` [b] (needed for vtm) and optionally
-                ``video_index`` [b] (two captions of one video are never each other's negative).
-
-        Returns:
-            ``loss`` (total), ``logits`` [B, B] vta logits of the gathered batch, ``loss_vta``
-            (plain InfoNCE), ``loss_vtm`` and ``loss_sd`` (0 when the part is off).
-        """
-        text = self.vta.encode_text(batch["input_ids"], batch["text_mask"])
-        video = self.vta.encode_video(batch["frames"], batch["video_mask"])
-        text_all, video_all = gather_text(text), gather_video(video)
-        logits = self.vta.similarity(text_all, video_all)
-        loss_vta = symmetric_infonce(logits)
-        zero = logits.new_zeros((), dtype=torch.float32)
-        loss_sd, loss_vtm = zero, zero
-        align = loss_vta
-        if self.cfg.sd:
-            teacher_sim = self._ensure_teacher().similarity(batch)
-            tau = self.cfg.sd_tau if self.cfg.sd_tau is not None else 1.0 / self.logit_scale.exp()
-            loss_sd = sd_loss(logits, teacher_sim, self.cfg.sd_alpha, tau)
-            align = loss_sd
-        if self.fusion is not None:
-            loss_vtm = self._vtm_loss(batch, logits, text_all, video_all, len(text))
-        total = align + self.cfg.w_vtm * loss_vtm if self.fusion is not None else align
-        return {
-            "loss": total,
-            "logits": logits,
-            "loss_vta": loss_vta,
-            "loss_vtm": loss_vtm,
-            "loss_sd": loss_sd,
-        }
-
-    def _vtm_loss(
-        self,
-        batch: dict[str, Tensor],
-        logits: Tensor,
-        text_all: TextFeatures,
-        video_all: VideoFeatures,
-        local: int,
-    ) -> Tensor:
-        """Match loss of this process's items; negatives come from the whole gathered batch."""
-        assert self.fusion is not None
-        if "caption_key" not in batch:
-            raise KeyError(
-                "CLIP2TV vtm needs batch['caption_key'] (identical captions share a key) to keep "
-                "duplicate captions out of the negatives; use VideoTextDataset's collate"
-            )
-        caption_key = gather_with_grad(batch["caption_key"])
-        video_key = gather_with_grad(batch["video_index"]) if "video_index" in batch else None
-        neg_video, neg_text = sample_hard_negatives(logits.detach(), caption_key, None, video_key)
-        offset = dist.get_rank() * local if is_distributed() else 0
-        rows = torch.arange(offset, offset + local, device=logits.device)
-        text_index, video_index, label = matching_pairs(neg_video, neg_text, rows)
-        match_logits = self.fusion(
-            text_all.words[text_index],
-            text_all.mask[text_index],
-            video_all.frames[video_index],
-            video_all.mask[video_index],
+    def rerank_scores(self, text: TextFeatures, video: VideoFeatures) -> Tensor:
+        """[T, K] scores of every pair as search re-ranks them: ``vta/λ + w_rr · p_match`` with
+        the matching head (SPEC §2), the vta logits without it."""
+        sim = self.similarity(text, video).float()
+        if self.fusion is None:
+            return sim
+        t, k = sim.shape
+        pairs = torch.stack(
+            [torch.arange(t).repeat_interleave(k), torch.arange(k).repeat(t)], dim=1
         )
-        return vtm_loss(match_logits, label)
+        p_match = self.match_probability(text, video, pairs).float().view(t, k)
+        return sim / self.logit_scale.exp().float() + float(self.cfg.w_rr) * p_match.to(sim.device)
 
     def match_probability(self, text: TextFeatures, video: VideoFeatures, pairs: Tensor) -> Tensor:
         """p(match) of the fusion head for given (text, video) pairs.

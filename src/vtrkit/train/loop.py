@@ -1,9 +1,15 @@
-"""The training loop: plain PyTorch, one process or many under ``torchrun``.
+"""The one training loop: every method, one process or many under ``torchrun``.
 
-The global batch (``train.batch_size``) is split over processes and accumulation steps; each
-process runs ``batch_size / (world_size * grad_accum)`` items per forward. The models gather
-features across processes for the contrastive loss (every process sees the whole global batch
-of negatives) and DDP averages gradients, which together give exactly the single-process gradient.
+What differs between methods comes in as two pieces: a *batch source*
+(:mod:`vtrkit.train.sources`: a data loader, or VideoCLIP's retrieval-augmented plan) and an
+*objective* (:mod:`vtrkit.train.objectives`). Everything else holds for every method: the global
+batch ``train.batch_size`` split over processes and ``train.grad_accum`` micro-batches, precision
+(``train.precision``), ``train.threads``, the finite-loss check, gradient clipping, the optimiser
+and schedule, ``log.jsonl``, periodic and end-of-epoch checkpoints, the time budget (one decision
+taken by all processes together), evaluation with best-checkpoint selection, and exact resume:
+``last/state.pt`` holds the optimiser, schedule, counters and, for every process, its RNG states and
+its batch source's position, so an interrupted and resumed run ends with the weights of an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,20 +31,27 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Sampler
-from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from vtrkit.checkpoint import resolve_checkpoint
+from vtrkit.checkpoint import STATE_FILE, resolve_checkpoint
 from vtrkit.config import Config, save_config
-from vtrkit.distributed import DistInfo, barrier
-from vtrkit.train.checkpoint import TrainState, load_training_state, save_checkpoint
+from vtrkit.distributed import DistInfo, all_gather_objects, any_process, barrier
+from vtrkit.train.checkpoint import (
+    TrainState,
+    load_training_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from vtrkit.train.objectives import Objective, TrainingStep
 from vtrkit.train.optim import build_optimizer
 from vtrkit.train.schedule import build_scheduler
+from vtrkit.train.sources import BatchSource
 
 log = logging.getLogger(__name__)
 
 EvaluateFn = Callable[[nn.Module], dict[str, Any]]
+SelectFn = Callable[[dict[str, Any]], float]
 
 
 @dataclass
@@ -50,6 +63,10 @@ class FitResult:
     best_metric: float | None
     last_eval: dict[str, Any] | None
     history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_by_budget: bool = False
+    """True when ``train.time_budget_s`` cut the schedule short (the result is not the recipe's)."""
+    total_steps: int = 0
+    """Optimiser steps the schedule planned."""
 
 
 def seed_everything(seed: int) -> None:
@@ -63,20 +80,7 @@ def selection_metric(metrics: dict[str, Any]) -> float:
     return float(metrics["raw"]["t2v/R@1"])
 
 
-class _SkipSampler(Sampler[int]):
-    """The epoch's index order with the first ``skip`` indices removed (mid-epoch resume)."""
-
-    def __init__(self, base: DistributedSampler, skip: int) -> None:
-        self.base, self.skip = base, skip
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(list(self.base)[self.skip :])
-
-    def __len__(self) -> int:
-        return max(0, len(self.base) - self.skip)
-
-
-def _autocast(precision: str, device: torch.device) -> AbstractContextManager[Any]:
+def autocast(precision: str, device: torch.device) -> AbstractContextManager[Any]:
     """Mixed-precision context for the forward pass (``train.precision``)."""
     if precision == "fp32":
         return nullcontext()
@@ -99,16 +103,6 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     }
 
 
-def _any_process(flag: bool, info: DistInfo) -> bool:
-    """True on every process when ``flag`` is True on any: a decision to stop (the time budget)
-    must be shared, or the processes that go on would wait forever in the next collective."""
-    if not info.enabled:
-        return flag
-    value = torch.tensor([int(flag)], device=info.device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
-
-
 def _equalize(batch: dict[str, Any] | None, info: DistInfo) -> dict[str, Any] | None:
     """Cut every process's batch to the smallest one; None when any process has nothing.
 
@@ -125,125 +119,149 @@ def _equalize(batch: dict[str, Any] | None, info: DistInfo) -> dict[str, Any] | 
     return {k: v[:n] for k, v in batch.items()}
 
 
-def _per_rank_batch(cfg: Config, info: DistInfo) -> int:
-    parts = info.world_size * cfg.train.grad_accum
-    if cfg.train.batch_size % parts:
-        raise ValueError(
-            f"train.batch_size={cfg.train.batch_size} must be divisible by "
-            f"world_size × grad_accum = {info.world_size} × {cfg.train.grad_accum}"
-        )
-    return cfg.train.batch_size // parts
+class _Run:
+    """One call of :func:`fit`: the state shared by its steps, epochs and checkpoints."""
 
-
-def fit(
-    cfg: Config,
-    model: nn.Module,
-    train_dataset: Dataset,
-    collate: Callable[[list[Any]], dict[str, Any]],
-    info: DistInfo,
-    evaluate_fn: EvaluateFn | None = None,
-    resume: bool = False,
-    stop_after_epochs: int | None = None,
-    progress: bool = True,
-) -> FitResult:
-    """Train ``model`` on ``train_dataset`` as ``cfg`` says; evaluate and checkpoint every epoch.
-
-    Writes ``run_dir/last`` (resumable), ``run_dir/best`` (best selection metric), ``config.yaml``
-    and ``log.jsonl`` (one JSON object per logged step and per evaluation). With ``resume`` the
-    run continues from ``run_dir/last`` where it stopped, mid-epoch included.
-    ``stop_after_epochs`` ends this call early without changing the schedule (used to split a run).
-    """
-    run_dir = Path(cfg.train.output_dir)
-    started = time.perf_counter()
-    if cfg.train.threads is not None:
-        torch.set_num_threads(cfg.train.threads)
-    per_rank = _per_rank_batch(cfg, info)
-    sampler = DistributedSampler(
-        train_dataset,
-        num_replicas=info.world_size,
-        rank=info.rank,
-        shuffle=True,
-        seed=cfg.train.seed,
-        drop_last=True,
-    )
-    micro_per_epoch = len(sampler) // per_rank
-    steps_per_epoch = micro_per_epoch // cfg.train.grad_accum
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"the training set ({len(train_dataset)} items) is smaller than one global batch "
-            f"({cfg.train.batch_size}); lower train.batch_size"
-        )
-    total_steps = steps_per_epoch * cfg.train.epochs
-    if cfg.train.max_steps is not None:
-        total_steps = min(total_steps, cfg.train.max_steps)
-
-    model.to(info.device)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, total_steps, cfg.optim.warmup)
-    state = TrainState()
-    if resume and (run_dir / "last").exists():
-        last = resolve_checkpoint(run_dir / "last")
-        state, _ = load_training_state(last, model, optimizer, scheduler)
-        log.info("resumed from %s at epoch %d, step %d", last, state.epoch, state.step)
-    elif resume:
-        log.info("no checkpoint in %s yet: starting from scratch", run_dir)
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-
-    wrapped: nn.Module = model
-    if info.enabled:
-        wrapped = DistributedDataParallel(
+    def __init__(
+        self,
+        cfg: Config,
+        model: nn.Module,
+        source: BatchSource,
+        objective: Objective,
+        info: DistInfo,
+        progress: bool,
+    ) -> None:
+        self.cfg, self.model, self.source, self.objective, self.info = (
+            cfg,
             model,
-            device_ids=[info.device.index] if info.device.type == "cuda" else None,
-            find_unused_parameters=True,
+            source,
+            objective,
+            info,
         )
-    scaler = torch.amp.GradScaler(enabled=cfg.train.precision == "fp16")
-    log_file = (run_dir / "log.jsonl").open("a") if info.is_main else None
-    last_eval: dict[str, Any] | None = None
-    evaluated_at = -1
-    budget = cfg.train.time_budget_s
-    out_of_time = False
+        self.run_dir = Path(cfg.train.output_dir)
+        self.started = time.perf_counter()
+        self.progress = progress
+        self.steps_per_epoch = source.steps_per_epoch()
+        total = self.steps_per_epoch * cfg.train.epochs
+        self.total_steps = min(total, cfg.train.max_steps or total)
+        model.to(info.device)
+        self.optimizer = build_optimizer(model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg.optim.warmup)
+        self.scaler = torch.amp.GradScaler(enabled=cfg.train.precision == "fp16")
+        self.state = TrainState()
+        self.saved_at: tuple[int, int] | None = None
+        self.log_file = None
 
-    def write_log(record: dict[str, Any]) -> None:
-        if log_file is not None:
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
+    # -- checkpoints -------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Continue from ``run_dir/last``: the source's position first (a source that finds the
+        data changed refuses before any weight is loaded), then weights, optimiser, schedule,
+        counters and this process's RNG states."""
+        if not (self.run_dir / "last").exists():
+            log.info("no checkpoint in %s yet: starting from scratch", self.run_dir)
+            return
+        last = resolve_checkpoint(self.run_dir / "last")
+        blob = torch.load(last / STATE_FILE, map_location="cpu", weights_only=False, mmap=True)
+        ranks = blob.get("extra", {}).get("ranks")
+        own = ranks[self.info.rank] if ranks and len(ranks) > self.info.rank else None
+        if own is not None and own.get("source") is not None:
+            self.source.load_state_dict({**own["source"], "checkpoint": str(last)})
+        self.state, _ = load_training_state(last, self.model, self.optimizer, self.scheduler)
+        if ranks is not None and len(ranks) != self.info.world_size:
+            log.warning(
+                "%s was written by %d processes, this run has %d: RNG streams are not carried over",
+                last,
+                len(ranks),
+                self.info.world_size,
+            )
+        elif own is not None:
+            set_rng_state(own["rng"])
+        self.saved_at = (self.state.epoch, self.state.step)
+        log.info(
+            "resumed from %s at epoch %d, step %d (%d steps into the epoch)",
+            last,
+            self.state.epoch,
+            self.state.step,
+            self.state.batch_in_epoch,
+        )
 
-    try:
-        while state.epoch < cfg.train.epochs and state.step < total_steps and not out_of_time:
-            if stop_after_epochs is not None and state.epoch >= stop_after_epochs:
-                break
-            sampler.set_epoch(state.epoch)
-            skip = state.batch_in_epoch * per_rank * cfg.train.grad_accum
-            loader = DataLoader(
-                train_dataset,
-                batch_size=per_rank,
-                sampler=_SkipSampler(sampler, skip),
-                collate_fn=collate,
-                num_workers=cfg.data.num_workers,
-                drop_last=True,
-                persistent_workers=False,
-                pin_memory=info.device.type == "cuda",
+    def save_last(self) -> None:
+        """Write ``last/`` (a collective call: every process hands in its RNG and source state)."""
+        ranks = all_gather_objects({"rng": rng_state(), "source": self.source.state_dict()})
+        if self.info.is_main:
+            save_checkpoint(
+                self.run_dir / "last",
+                self.model,
+                self.cfg,
+                self.optimizer,
+                self.scheduler,
+                self.state,
+                {"ranks": ranks},
             )
-            model.train()
-            bar = tqdm(
-                total=steps_per_epoch,
-                initial=state.batch_in_epoch,
-                desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}",
-                disable=not (progress and info.is_main),
-                dynamic_ncols=True,
-            )
-            window_clips, window_start = 0, time.perf_counter()
-            micro = 0
-            for batch in loader:
-                batch = _equalize(None if batch is None else _to_device(batch, info.device), info)
+        barrier()
+        self.saved_at = (self.state.epoch, self.state.step)
+
+    def write_log(self, record: dict[str, Any]) -> None:
+        if self.log_file is not None:
+            self.log_file.write(json.dumps(record) + "\n")
+            self.log_file.flush()
+
+    # -- steps -------------------------------------------------------------------------------
+    def optimizer_step(self) -> float:
+        """Clip, step, schedule, run the objective's after-step; returns the gradient norm."""
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), self.cfg.optim.clip_grad
+        )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.objective.after_step(self.model)
+        self.state.step += 1
+        self.state.batch_in_epoch += 1
+        return float(grad_norm)
+
+    def log_step(
+        self, out: dict[str, Any], loss: float, grad_norm: float, clips: int, since: float
+    ) -> None:
+        """One ``log.jsonl`` record: ``loss`` is the step's mean over its micro-batches, the
+        ``loss_<part>`` entries those of its last micro-batch."""
+        elapsed = time.perf_counter() - since
+        record = {
+            "step": self.state.step,
+            "epoch": self.state.epoch + self.state.batch_in_epoch / self.steps_per_epoch,
+            "loss": loss,
+            "lr_new": self.scheduler.get_last_lr()[-1],
+            "grad_norm": grad_norm,
+            "clips_per_s": clips / max(elapsed, 1e-9),
+            "time_s": time.perf_counter() - self.started,
+        }
+        record.update({k: float(v.detach()) for k, v in out.items() if k.startswith("loss_")})
+        self.write_log(record)
+
+    def run_epoch(self, wrapped: nn.Module) -> bool:
+        """Train the rest of the current epoch; True when the time budget stopped it."""
+        cfg, info, state = self.cfg, self.info, self.state
+        self.source.start_epoch(state.epoch, self.model)
+        self.model.train()
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=state.batch_in_epoch,
+            desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}",
+            disable=not (self.progress and info.is_main),
+            dynamic_ncols=True,
+        )
+        clips, since, micro, step_loss = 0, time.perf_counter(), 0, 0.0
+        try:
+            for raw in self.source:
+                batch = _equalize(None if raw is None else _to_device(raw, info.device), info)
                 if batch is None:
                     log.warning("skipping a batch in which every video failed to decode")
                     continue
                 sync = (micro + 1) % cfg.train.grad_accum == 0
                 ctx = wrapped.no_sync() if info.enabled and not sync else nullcontext()
-                with ctx, _autocast(cfg.train.precision, info.device):
+                with ctx, autocast(cfg.train.precision, info.device):
                     out = wrapped(batch)
                     loss = out["loss"] / cfg.train.grad_accum
                 if not torch.isfinite(loss):
@@ -251,110 +269,140 @@ def fit(
                         f"loss became {loss.item()} at step {state.step}; lower optim.lr_new "
                         "or use train.precision=fp32"
                     )
-                scaler.scale(loss).backward()
+                self.scaler.scale(loss).backward()
+                step_loss = float(loss.detach()) + (
+                    step_loss if micro % cfg.train.grad_accum else 0.0
+                )
                 micro += 1
-                window_clips += len(batch["input_ids"]) * info.world_size
+                clips += len(batch["input_ids"]) * info.world_size
                 if not sync:
                     continue
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                model.clamp_logit_scale()
-                if hasattr(model, "on_step_end"):
-                    model.on_step_end()
-                state.step += 1
-                state.batch_in_epoch += 1
+                grad_norm = self.optimizer_step()
                 bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.3f}")
                 if state.step % cfg.train.log_every == 0 or state.step == 1:
-                    elapsed = time.perf_counter() - window_start
-                    record = {
-                        "step": state.step,
-                        "epoch": state.epoch + state.batch_in_epoch / steps_per_epoch,
-                        "loss": float(out["loss"].detach()),
-                        "lr_new": scheduler.get_last_lr()[-1],
-                        "grad_norm": float(grad_norm),
-                        "clips_per_s": window_clips / max(elapsed, 1e-9),
-                        "time_s": time.perf_counter() - started,
-                    }
-                    extras = {k: float(v.detach()) for k, v in out.items() if k.startswith("loss_")}
-                    record.update(extras)
-                    bar.set_postfix(
-                        loss=f"{record['loss']:.3f}",
-                        lr=f"{record['lr_new']:.1e}",
-                        clips_s=f"{record['clips_per_s']:.0f}",
-                    )
-                    write_log(record)
-                    window_clips, window_start = 0, time.perf_counter()
+                    self.log_step(out, step_loss, grad_norm, clips, since)
+                    clips, since = 0, time.perf_counter()
+                every = cfg.train.checkpoint_every
                 if (
-                    cfg.train.checkpoint_every
-                    and state.step % cfg.train.checkpoint_every == 0
-                    and info.is_main
+                    every
+                    and state.step % every == 0
+                    and state.batch_in_epoch < self.steps_per_epoch
                 ):
-                    save_checkpoint(run_dir / "last", model, cfg, optimizer, scheduler, state)
-                if budget is not None and _any_process(
-                    time.perf_counter() - started > budget, info
-                ):
-                    log.info("time budget of %.0f s reached at step %d", budget, state.step)
-                    out_of_time = True
-                    break
-                if state.step >= total_steps:
-                    break
+                    self.save_last()  # the epoch's last step is saved after its evaluation
+                if state.step >= self.total_steps:
+                    return False
+                if self.out_of_time():
+                    return True
+            return False
+        finally:
             bar.close()
-            if state.batch_in_epoch >= steps_per_epoch:
+
+    def out_of_time(self) -> bool:
+        budget = self.cfg.train.time_budget_s
+        if budget is None:
+            return False
+        spent = time.perf_counter() - self.started > budget
+        if any_process(spent, self.info):
+            log.warning(
+                "train.time_budget_s=%.0f s reached at step %d of %d: the schedule is cut short",
+                budget,
+                self.state.step,
+                self.total_steps,
+            )
+            return True
+        return False
+
+
+def fit(
+    cfg: Config,
+    model: nn.Module,
+    source: BatchSource,
+    objective: Objective,
+    info: DistInfo,
+    evaluate_fn: EvaluateFn | None = None,
+    resume: bool = False,
+    stop_after_epochs: int | None = None,
+    progress: bool = True,
+    select: SelectFn = selection_metric,
+) -> FitResult:
+    """Train ``model`` with ``objective`` on ``source``'s batches as ``cfg`` says.
+
+    Writes ``run_dir/last`` (resumable), ``run_dir/best`` (best ``select(evaluate_fn(model))``),
+    ``config.yaml`` and ``log.jsonl`` (one JSON object per logged step and per evaluation). With
+    ``resume`` the run continues from ``run_dir/last`` where it stopped, mid-epoch included.
+    ``stop_after_epochs`` ends this call early without changing the schedule (used to split a run).
+    """
+    if cfg.train.threads is not None:
+        torch.set_num_threads(cfg.train.threads)
+    run = _Run(cfg, model, source, objective, info, progress)
+    if resume:
+        run.resume()
+    if info.is_main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run.run_dir / "config.yaml")
+    step_module: nn.Module = TrainingStep(model, objective)
+    wrapped = step_module
+    if info.enabled:
+        wrapped = DistributedDataParallel(
+            step_module,
+            device_ids=[info.device.index] if info.device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
+    state = run.state
+    last_eval: dict[str, Any] | None = None
+    evaluated_at, out_of_time = -1, False
+    run.log_file = (run.run_dir / "log.jsonl").open("a") if info.is_main else None
+    try:
+        while state.epoch < cfg.train.epochs and state.step < run.total_steps and not out_of_time:
+            if stop_after_epochs is not None and state.epoch >= stop_after_epochs:
+                break
+            out_of_time = run.run_epoch(wrapped)
+            if state.batch_in_epoch >= run.steps_per_epoch:
                 state.epoch += 1
                 state.batch_in_epoch = 0
                 if evaluate_fn is not None and cfg.train.eval_every_epoch:
-                    last_eval = _evaluate_and_select(cfg, model, evaluate_fn, state, info, run_dir)
+                    last_eval = _evaluate_and_select(run, evaluate_fn, select)
                     evaluated_at = state.step
-                    write_log({"step": state.step, "epoch": state.epoch, "eval": last_eval})
-            if info.is_main:
-                save_checkpoint(run_dir / "last", model, cfg, optimizer, scheduler, state)
-            barrier()
+            if run.saved_at != (state.epoch, state.step):
+                run.save_last()
+        # A run stopped by max_steps or the time budget (or resumed with nothing left) ends with
+        # one evaluation; the checkpoint above already holds the RNG states of before it.
+        if evaluate_fn is not None and evaluated_at != state.step:
+            last_eval = _evaluate_and_select(run, evaluate_fn, select)
     finally:
-        if log_file is not None:
-            log_file.close()
-    if evaluate_fn is not None and evaluated_at != state.step:
-        last_eval = _evaluate_and_select(cfg, model, evaluate_fn, state, info, run_dir)
-        if info.is_main:
-            with (run_dir / "log.jsonl").open("a") as f:
-                f.write(
-                    json.dumps({"step": state.step, "epoch": state.epoch, "eval": last_eval}) + "\n"
-                )
-    if info.is_main and not (run_dir / "best").exists():
-        save_checkpoint(run_dir / "best", model, cfg)
+        if run.log_file is not None:
+            run.log_file.close()
+    del wrapped, step_module
+    if info.is_main and not (run.run_dir / "best").exists():
+        save_checkpoint(run.run_dir / "best", model, cfg)
+    barrier()
     return FitResult(
-        run_dir=run_dir,
+        run_dir=run.run_dir,
         steps=state.step,
         epochs=state.epoch,
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - run.started,
         best_metric=state.best_metric,
         last_eval=last_eval,
         history=state.history,
+        stopped_by_budget=out_of_time,
+        total_steps=run.total_steps,
     )
 
 
-def _evaluate_and_select(
-    cfg: Config,
-    model: nn.Module,
-    evaluate_fn: EvaluateFn,
-    state: TrainState,
-    info: DistInfo,
-    run_dir: Path,
-) -> dict[str, Any] | None:
-    """Evaluate on the main process; keep ``best/`` when the selection metric improves."""
-    result: dict[str, Any] | None = None
-    if info.is_main:
-        model.eval()
+def _evaluate_and_select(run: _Run, evaluate_fn: EvaluateFn, select: SelectFn) -> dict[str, Any]:
+    """Evaluate on the main process; keep ``best/`` when the selection score improves."""
+    state, result = run.state, None
+    if run.info.is_main:
+        run.model.eval()
         with torch.no_grad():
-            result = evaluate_fn(model)
-        model.train()
-        score = selection_metric(result)
+            result = evaluate_fn(run.model)
+        run.model.train()
+        score = select(result)
         state.history.append({"epoch": state.epoch, "step": state.step, "score": score})
         if state.best_metric is None or score > state.best_metric or math.isnan(state.best_metric):
             state.best_metric = score
-            save_checkpoint(run_dir / "best", model, cfg)
+            save_checkpoint(run.run_dir / "best", run.model, run.cfg)
+        run.write_log({"step": state.step, "epoch": state.epoch, "eval": result})
     barrier()
-    return result
+    return result  # type: ignore[return-value]

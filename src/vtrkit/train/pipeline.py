@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vtrkit.checkpoint import load_checkpoint_config, load_weights, resolve_checkpoint
-from vtrkit.config import Config
+from vtrkit.checkpoint import load_trained, resolve_checkpoint
+from vtrkit.config import Config, ModelConfig
 from vtrkit.data.datasets import read_dataset
 from vtrkit.data.records import VideoRecord
 from vtrkit.distributed import DistInfo, cleanup, setup
@@ -19,9 +19,23 @@ from vtrkit.eval.evaluate import evaluate, with_default_window
 from vtrkit.eval.evaluate import load_subsets as read_subsets_file
 from vtrkit.eval.report import format_results_table
 from vtrkit.models.build import build_model
+from vtrkit.models.clip2tv import Clip2TV
+from vtrkit.train.clip2tv_objective import Clip2TVObjective
 from vtrkit.train.loop import FitResult, fit, seed_everything
+from vtrkit.train.objectives import ContrastiveObjective, Objective, VideoClipObjective
+from vtrkit.train.sources import LoaderSource
 
 log = logging.getLogger(__name__)
+
+
+def build_objective(cfg: ModelConfig) -> Objective:
+    """The objective that trains a model of ``cfg.kind`` (CLIP2TV's loads its frozen teacher)."""
+    if cfg.kind == "clip2tv":
+        return Clip2TVObjective(cfg.clip2tv)
+    if cfg.kind == "videoclip":
+        vc = cfg.videoclip
+        return VideoClipObjective(gather=vc.gather, text_to_video_only=vc.text_to_video_only)
+    return ContrastiveObjective()
 
 
 def load_subsets(cfg: Config) -> dict[str, list[str]]:
@@ -52,7 +66,7 @@ def run_evaluation(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate; a CLIP2TV model with its matching head also reports vtm re-ranked numbers."""
-    if getattr(model, "fusion", None) is not None:
+    if isinstance(model, Clip2TV) and model.fusion is not None:
         from vtrkit.eval.rerank import evaluate_with_rerank
 
         return evaluate_with_rerank(
@@ -84,7 +98,12 @@ def train_run(
     progress: bool = True,
     info: DistInfo | None = None,
 ) -> FitResult:
-    """Train as ``cfg`` says (one process, or one of many under torchrun)."""
+    """Train as ``cfg`` says (one process, or one of many under torchrun); ``model.kind:
+    videoclip`` trains on stored per-second features (:func:`vtrkit.videoclip.train.run_videoclip`)."""
+    if cfg.model.kind == "videoclip":
+        from vtrkit.videoclip.train import run_videoclip
+
+        return run_videoclip(cfg, device, resume=resume, info=info, progress=progress)[0]
     own_group = info is None
     info = info or setup(device)
     try:
@@ -111,11 +130,13 @@ def train_run(
         def evaluate_fn(m: nn.Module) -> dict[str, Any]:
             return run_evaluation(cfg, m, tokenizer, eval_records, info.device, subsets, progress)
 
+        source = LoaderSource(dataset, collate, cfg, info)
+        objective = build_objective(cfg.model)
         result = fit(
             cfg,
             model,
-            dataset,
-            collate,
+            source,
+            objective,
             info,
             evaluate_fn=evaluate_fn,
             resume=resume,
@@ -138,11 +159,13 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Evaluate a checkpoint folder (or run folder) on a split; print and optionally save JSON."""
     folder = resolve_checkpoint(checkpoint)
-    cfg = overrides_cfg or load_checkpoint_config(folder)
     info = setup(device)
-    model, tokenizer = build_model(cfg.model, cfg.data)
-    load_weights(model, folder)
-    model.to(info.device).eval()
+    trained = load_trained(folder, info.device, overrides_cfg)
+    cfg, model, tokenizer = trained.config, trained.model, trained.tokenizer
+    if cfg.model.kind == "videoclip":
+        from vtrkit.videoclip.train import evaluate_videoclip_checkpoint
+
+        return evaluate_videoclip_checkpoint(folder, split, cfg, str(info.device))
     split = split or cfg.data.test_split
     records = read_dataset(cfg.data, split)
     subsets = load_subsets(cfg) if split == cfg.data.test_split else {}

@@ -25,24 +25,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from vtrkit.losses.contrastive import gather_with_grad
-from vtrkit.models.base import RetrievalModel, TextFeatures, VideoFeatures
+from vtrkit.models.base import RetrievalModel
+from vtrkit.train.objectives import gather_text, gather_video
 
 log = logging.getLogger(__name__)
-
-
-def gather_text(text: TextFeatures) -> TextFeatures:
-    """Text features of the global batch, rank order (identity in one process); see gather_with_grad."""
-    return TextFeatures(
-        gather_with_grad(text.sentence), gather_with_grad(text.words), gather_with_grad(text.mask)
-    )
-
-
-def gather_video(video: VideoFeatures) -> VideoFeatures:
-    """Video features of the global batch, rank order (identity in one process)."""
-    return VideoFeatures(
-        gather_with_grad(video.video), gather_with_grad(video.frames), gather_with_grad(video.mask)
-    )
 
 
 def _freeze(model: nn.Module) -> nn.Module:
@@ -121,15 +107,13 @@ def load_frozen_teacher(folder: str | Path) -> FrozenTeacher:
     """Load a checkpoint folder (``model.safetensors`` + ``config.yaml``) as a read-only teacher.
 
     The teacher consumes the student's batches, so it must use the same tokenizer and frame
-    preprocessing (``data.max_words``, ``data.num_frames``, ``data.image_size``). A CLIP2TV
-    checkpoint is rebuilt with SD off (its own teacher is not needed to score).
+    preprocessing (``data.max_words``, ``data.num_frames``, ``data.image_size``). Loading a
+    model never loads a teacher of its own, so a CLIP2TV checkpoint trained with SD works too.
 
     Raises:
         FileNotFoundError: naming the folder when it holds no checkpoint.
     """
-    # Imported here: build_model constructs CLIP2TV, which imports this module.
-    from vtrkit.checkpoint import load_checkpoint_config, load_weights, resolve_checkpoint
-    from vtrkit.models.build import build_model
+    from vtrkit.checkpoint import load_trained, resolve_checkpoint
 
     try:
         resolved = resolve_checkpoint(folder)
@@ -138,9 +122,6 @@ def load_frozen_teacher(folder: str | Path) -> FrozenTeacher:
             f"model.clip2tv.teacher_checkpoint: {exc}; train the teacher first or set "
             "model.clip2tv.teacher=ema"
         ) from None
-    cfg = load_checkpoint_config(resolved)
-    cfg.model.clip2tv.sd = False
-    model, _ = build_model(cfg.model, cfg.data)
-    load_weights(model, resolved, strict=True)
-    log.info("SD teacher: frozen %s model from %s", cfg.model.kind, resolved)
-    return FrozenTeacher(model)
+    trained = load_trained(resolved)
+    log.info("SD teacher: frozen %s model from %s", trained.config.model.kind, resolved)
+    return FrozenTeacher(trained.model)  # type: ignore[arg-type]

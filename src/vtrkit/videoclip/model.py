@@ -200,6 +200,8 @@ def random_text_encoder(cfg: VideoClipConfig, vocab_size: int, pad_id: int) -> B
         intermediate_size=4 * cfg.hidden,
         max_position_embeddings=max(64, cfg.max_text_tokens + 2),
         pad_token_id=pad_id,
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
     )
     return BertModel(config, add_pooling_layer=False)
 
@@ -216,6 +218,10 @@ def video_transformer_for(text_encoder: PreTrainedModel, cfg: VideoClipConfig) -
         intermediate_size=int(getattr(tc, "intermediate_size", 4 * hidden)),
         max_position_embeddings=max(64, cfg.max_video_tokens + 2),
         pad_token_id=0,
+        hidden_dropout_prob=float(getattr(tc, "hidden_dropout_prob", cfg.dropout)),
+        attention_probs_dropout_prob=float(
+            getattr(tc, "attention_probs_dropout_prob", cfg.dropout)
+        ),
     )
     return BertModel(config, add_pooling_layer=False)
 

@@ -1,15 +1,15 @@
-"""Exact mid-epoch resume of VideoCLIP training: what ``last/state.pt`` holds and how it is checked.
+"""What VideoCLIP's batch source saves for an exact mid-epoch resume, and how it is checked.
 
 Why the plan itself is saved. An epoch's batches are built once, before its first step: with
 ``retrieval_augment`` the groups of videos come from a FAISS index over global video vectors that
 the model *at the start of the epoch* computed. A process restarted mid-epoch holds a model that has
 already moved, so it cannot rebuild those groups; the checkpoint therefore stores the epoch's plan
-(every group's video indices, about one integer per training video) and the number of groups
-already trained on (``TrainState.batch_in_epoch``).
+(every group's video indices, about one integer per training video) and the position in it.
 
-Why per-process RNG states. Each process draws its pairs from its own numpy generator (seeded by
-seed, epoch and rank) and its dropout from torch's generator; both have advanced by the saved step.
-Every process's states are gathered to rank 0 and written, and each process restores its own.
+Per-process states. Each process draws its pairs from its own numpy generator (seeded by seed,
+epoch and rank); :func:`vtrkit.train.loop.fit` gathers every process's source state and RNG states
+into ``state.pt`` (``extra["ranks"][rank] = {"rng": ..., "source": ...}``) and each process
+restores its own.
 
 Why a data fingerprint. The plan names videos by their position in the training list, so it only
 means something for the same list. The checkpoint stores the video ids in order and, per video, its
@@ -17,13 +17,14 @@ length, feature width, caption count and a digest of its first feature row, capt
 token ids; a resume on different data stops with an error that names the checkpoint and the
 differences instead of silently training on other batches.
 
-Layout of ``state.pt``'s ``extra["videoclip"]``::
+Layout of one process's source state (:meth:`vtrkit.videoclip.source.VideoClipSource.state_dict`)::
 
-    {"format": 1,
+    {"format": 2,
      "data": {"features": str, "video_ids": [V str], "shape": int64 [V, 3], "digest": uint64 [V]},
      "settings": {...},            # what the plan depends on (see plan_settings)
      "plan": None | {"epoch": int, "videos": int64 [sum of group sizes], "lengths": int64 [G]},
-     "ranks": [{"pair_rng": dict | None, "rng": dict}, ...]}   # one entry per process
+     "position": int,              # micro-batches of the plan already yielded
+     "pair_rng": dict | None}      # this process's pair generator
 """
 
 from __future__ import annotations
@@ -37,19 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.distributed as dist
 
-from vtrkit.checkpoint import STATE_FILE
 from vtrkit.config import Config
-from vtrkit.train.checkpoint import TrainState, rng_state, set_rng_state
 from vtrkit.videoclip.data import NarratedVideo
 from vtrkit.videoclip.sampler import SamplerSettings
 
 log = logging.getLogger(__name__)
 
-EXTRA_KEY = "videoclip"
-FORMAT = 1
 _SHOWN = 5
 """How many video ids an error message lists per kind of difference."""
 
@@ -195,6 +190,8 @@ def plan_settings(cfg: Config, world_size: int, sampler: SamplerSettings) -> dic
     return {
         "seed": cfg.train.seed,
         "world_size": world_size,
+        "batch_size": cfg.train.batch_size,
+        "grad_accum": cfg.train.grad_accum,
         "cluster_k": vc.cluster_k,
         "retrieval_augment": vc.retrieval_augment,
         "pairs_per_video": vc.pairs_per_video,
@@ -211,134 +208,38 @@ def describe_settings_difference(saved: dict[str, Any], now: dict[str, Any]) -> 
     ]
 
 
-def gather_rank_states(pair_rng: np.random.Generator | None) -> list[dict[str, Any]]:
-    """Every process's pair-generator and global RNG states, in rank order (a collective call).
-
-    ``pair_rng`` is None at an epoch boundary: the next epoch seeds a fresh generator.
-    """
-    local = {
-        "pair_rng": None if pair_rng is None else pair_rng.bit_generator.state,
-        "rng": rng_state(),
-    }
-    if not (dist.is_available() and dist.is_initialized()):
-        return [local]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, local)
-    return out
-
-
-def checkpoint_extra(
+def check_saved_plan(
+    where: str,
+    saved: dict[str, Any],
     fingerprint: DataFingerprint,
     settings: dict[str, Any],
-    plan: EpochPlan | None,
-    ranks: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """The ``extra`` dict for :func:`vtrkit.train.checkpoint.save_checkpoint`."""
-    return {
-        EXTRA_KEY: {
-            "format": FORMAT,
-            "data": fingerprint.to_dict(),
-            "settings": settings,
-            "plan": None if plan is None else plan.to_dict(),
-            "ranks": ranks,
-        }
-    }
+) -> EpochPlan | None:
+    """Check a saved batch-source state against this run; return the mid-epoch plan, if any.
 
-
-@dataclass
-class ResumePoint:
-    """What a validated checkpoint gives this process besides weights, optimiser and schedule."""
-
-    folder: Path
-    state: TrainState
-    plan: EpochPlan | None
-    """The interrupted epoch's plan (None at an epoch boundary)."""
-    pair_state: dict[str, Any] | None
-    rng: dict[str, Any] | None
-    """This process's global RNG states (None: keep the ones ``load_training_state`` set)."""
-
-    def pair_rng(self) -> np.random.Generator | None:
-        """This process's pair generator, positioned where the interrupted run left it."""
-        if self.pair_state is None:
-            return None
-        rng = np.random.default_rng()
-        if rng.bit_generator.state["bit_generator"] != self.pair_state["bit_generator"]:
-            raise ResumeMismatchError(
-                f"checkpoint {self.folder}: its pair generator is a "
-                f"{self.pair_state['bit_generator']}, numpy's default is now "
-                f"{rng.bit_generator.state['bit_generator']}"
-            )
-        rng.bit_generator.state = self.pair_state
-        return rng
-
-    def restore_rng(self) -> None:
-        """Put back this process's own python/numpy/torch(/CUDA) RNG states."""
-        if self.rng is not None:
-            set_rng_state(self.rng)
-
-
-def read_resume_point(
-    folder: Path,
-    fingerprint: DataFingerprint,
-    settings: dict[str, Any],
-    rank: int,
-) -> ResumePoint:
-    """Read and check ``folder/state.pt`` before any weight is loaded.
-
-    Raises :class:`ResumeMismatchError` naming ``folder`` when the training data differ from the
-    checkpoint's, or when it stopped mid-epoch and the plan's settings (world size included) differ
-    or no plan was saved.
+    Raises :class:`ResumeMismatchError` naming the checkpoint ``where`` when the training data
+    differ from the checkpoint's, or when it stopped mid-epoch and the plan's settings (world size
+    included) differ.
     """
-    # mmap: the optimiser's tensors (the bulk of the file) are mapped, not read, for this check.
-    blob = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False, mmap=True)
-    state = TrainState(**blob["train_state"])
-    saved = blob.get("extra", {}).get(EXTRA_KEY)
-    mid_epoch = state.batch_in_epoch > 0
-    where = f"epoch {state.epoch + 1}, step {state.step}"
-    if saved is None:
-        if mid_epoch:
-            raise ResumeMismatchError(
-                f"checkpoint {folder} stopped mid-epoch ({where}) but holds no VideoCLIP batch "
-                "plan (written by another training loop or an older vtrkit); it cannot be resumed "
-                "exactly: train into a new train.output_dir"
-            )
-        log.warning("%s holds no data fingerprint (older vtrkit): not checking the data", folder)
-        return ResumePoint(folder, state, None, None, None)
-    if saved.get("format") != FORMAT:
-        raise ResumeMismatchError(
-            f"checkpoint {folder}: VideoCLIP resume format {saved.get('format')!r}, this vtrkit "
-            f"reads format {FORMAT}"
-        )
     then = DataFingerprint.from_dict(saved["data"])
     if not then.same_as(fingerprint):
         raise ResumeMismatchError(
-            f"checkpoint {folder} ({where}) was trained on different data than this run loads: "
+            f"checkpoint {where} was trained on different data than this run loads: "
             + "; ".join(describe_data_difference(then, fingerprint) or ["contents differ"])
             + ". Its batch plan and schedule refer to the saved training list; resume with the "
             "data it was trained on (model.videoclip.features, data.*, train.max_train_videos) or "
             "train into a new train.output_dir"
         )
-    ranks = saved["ranks"]
-    if mid_epoch:
-        diff = describe_settings_difference(saved["settings"], settings)
-        if diff:
-            raise ResumeMismatchError(
-                f"checkpoint {folder} stopped mid-epoch ({where}, {state.batch_in_epoch} batches "
-                f"of it done) with a batch plan made under other settings: {'; '.join(diff)}. "
-                "Resume with the saved settings (at least until the epoch ends) or train into a "
-                "new train.output_dir"
-            )
-        if saved["plan"] is None or int(saved["plan"]["epoch"]) != state.epoch:
-            raise ResumeMismatchError(
-                f"checkpoint {folder} stopped mid-epoch ({where}) without that epoch's batch plan"
-            )
-        plan = EpochPlan.from_dict(saved["plan"])
-        flat = np.asarray(saved["plan"]["videos"])
-        if flat.size and (flat.min() < 0 or flat.max() >= len(fingerprint.video_ids)):
-            raise ResumeMismatchError(f"checkpoint {folder}: its batch plan indexes unknown videos")
-        own = ranks[rank]
-        return ResumePoint(folder, state, plan, own["pair_rng"], own["rng"])
-    # At an epoch boundary the next plan and pair generators are rebuilt from the seed; the global
-    # RNGs are this process's own when the world size is unchanged, else rank 0's (as in fit()).
-    own = ranks[rank] if len(ranks) == settings["world_size"] else None
-    return ResumePoint(folder, state, None, None, None if own is None else own["rng"])
+    if saved["plan"] is None:
+        return None
+    diff = describe_settings_difference(saved["settings"], settings)
+    if diff:
+        raise ResumeMismatchError(
+            f"checkpoint {where} stopped mid-epoch ({saved['position']} micro-batches of epoch "
+            f"{int(saved['plan']['epoch']) + 1} done) with a batch plan made under other "
+            f"settings: {'; '.join(diff)}. Resume with the saved settings (at least until the "
+            "epoch ends) or train into a new train.output_dir"
+        )
+    flat = np.asarray(saved["plan"]["videos"])
+    if flat.size and (flat.min() < 0 or flat.max() >= len(fingerprint.video_ids)):
+        raise ResumeMismatchError(f"checkpoint {where}: its batch plan indexes unknown videos")
+    return EpochPlan.from_dict(saved["plan"])

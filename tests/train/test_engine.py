@@ -1,0 +1,232 @@
+"""The one training loop: exact two-process resume for a loader-based method, gradient
+accumulation for VideoCLIP, objectives apart from models, and the import structure."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import Dataset
+
+from vtrkit.config import Config
+from vtrkit.distributed import DistInfo
+from vtrkit.losses.contrastive import gather_with_grad, symmetric_infonce
+from vtrkit.train.loop import fit
+from vtrkit.train.sources import LoaderSource
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "vtrkit"
+
+
+class Pairs(Dataset):
+    def __init__(self, n: int = 48) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.video = torch.randn(n, 6, generator=g)
+        self.text = self.video + 0.3 * torch.randn(n, 6, generator=g)
+
+    def __len__(self) -> int:
+        return len(self.video)
+
+    def __getitem__(self, i: int):
+        return {"video": self.video[i], "input_ids": self.text[i]}
+
+
+def collate(items):
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+class DropoutDualEncoder(nn.Module):
+    """A toy dual encoder with dropout, so every process's RNG stream shapes its gradients."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.video_proj = nn.Linear(6, 8)
+        self.text_proj = nn.Linear(6, 8)
+        self.drop = nn.Dropout(0.3)
+        self.logit_scale = nn.Parameter(torch.tensor(2.0))
+
+    def param_groups(self):
+        return [self.logit_scale], [*self.video_proj.parameters(), *self.text_proj.parameters()]
+
+
+class GatheredInfoNCE:
+    """Symmetric InfoNCE over the gathered batch of the toy encoder."""
+
+    def __call__(self, model, batch):
+        v = nn.functional.normalize(model.drop(model.video_proj(batch["video"])), dim=-1)
+        t = nn.functional.normalize(model.drop(model.text_proj(batch["input_ids"])), dim=-1)
+        logits = model.logit_scale.exp() * gather_with_grad(t) @ gather_with_grad(v).T
+        return {"loss": symmetric_infonce(logits)}
+
+    def after_step(self, model):
+        with torch.no_grad():
+            model.logit_scale.clamp_(max=4.6052)
+
+
+def _cfg(out: Path, **train) -> Config:
+    cfg = Config()
+    cfg.data.num_workers = 0
+    cfg.optim.lr_backbone, cfg.optim.lr_new = 1e-2, 5e-2
+    cfg.train.output_dir = out
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.log_every = 2, 8, 1
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+def _run(cfg: Config, info: DistInfo, resume: bool = False):
+    source = LoaderSource(Pairs(), collate, cfg, info)
+    model = DropoutDualEncoder()
+    torch.manual_seed(100 + info.rank)  # each process its own dropout stream
+    return fit(cfg, model, source, GatheredInfoNCE(), info, resume=resume)
+
+
+def _loader_worker(rank: int, base: Path) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{base}/store", rank=rank, world_size=2)
+    try:
+        info = DistInfo(rank=rank, world_size=2, local_rank=rank, device=torch.device("cpu"))
+        _run(_cfg(base / "full"), info)
+        first = _run(_cfg(base / "cut", time_budget_s=0.0), info)
+        assert first.steps == 1 and first.stopped_by_budget
+        if rank == 0:
+            shutil.copytree(base / "cut", base / "mid")
+        dist.barrier()
+        rest = _run(_cfg(base / "cut"), info, resume=True)
+        assert rest.steps == 2 * (48 // 8) and not rest.stopped_by_budget
+    finally:
+        dist.destroy_process_group()
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0, msg=k)
+
+
+def test_loader_method_resumes_mid_epoch_exactly_with_two_processes(tmp_path):
+    mp.spawn(_loader_worker, args=(tmp_path,), nprocs=2, join=True)
+    full = load_file(str(tmp_path / "full" / "last" / "model.safetensors"))
+    _assert_same(full, load_file(str(tmp_path / "cut" / "last" / "model.safetensors")))
+    state = torch.load(tmp_path / "mid" / "last" / "state.pt", weights_only=False)
+    ranks = state["extra"]["ranks"]
+    # Each process saved its own dropout stream and its own place in the epoch.
+    assert len(ranks) == 2
+    assert not torch.equal(ranks[0]["rng"]["torch"], ranks[1]["rng"]["torch"])
+    assert [r["source"] for r in ranks] == [{"epoch": 0, "consumed": 1}] * 2
+    # The cut run really stopped early: its mid-epoch weights differ from the final ones.
+    mid = load_file(str(tmp_path / "mid" / "last" / "model.safetensors"))
+    assert not torch.allclose(mid["video_proj.weight"], full["video_proj.weight"])
+
+
+def test_videoclip_grad_accum_equals_one_big_micro_batch(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "videoclip"))
+    from conftest import D_IN, make_corpus, tiny_videoclip_config
+    from vtrkit.videoclip.data import build_word_tokenizer, load_narrated_videos
+    from vtrkit.videoclip.train import train_videoclip
+
+    root = tmp_path / "features"
+    records = make_corpus(root, 12)
+    tok = build_word_tokenizer([c for r in records for c in r.captions])
+    videos = load_narrated_videos(records, root, tok, D_IN)
+    weights = {}
+    for accum in (1, 2):
+        out = tmp_path / f"accum{accum}"
+        # Two groups of 4 videos per optimiser step: one micro-batch of both, or one each.
+        cfg = tiny_videoclip_config(
+            out, root, {"dropout": 0.0}, {"epochs": 2, "batch_size": 8, "grad_accum": accum}
+        )
+        _, result = train_videoclip(cfg, videos, tok)
+        assert result.steps == 2
+        weights[accum] = load_file(str(out / "last" / "model.safetensors"))
+    # The step's loss (mean over its micro-batches) is the same number either way ...
+    losses = {a: _logged_losses(tmp_path / f"accum{a}") for a in (1, 2)}
+    assert len(losses[1]) == 2
+    torch.testing.assert_close(losses[1][0], losses[2][0], atol=1e-5, rtol=0)
+    # ... and so are the weights. Adam's first steps move every weight by about lr·sign(g), so
+    # float rounding in near-zero gradient entries shows at a few 1e-6 of a weight.
+    for k in weights[1]:
+        torch.testing.assert_close(weights[1][k], weights[2][k], atol=2e-5, rtol=0, msg=k)
+
+
+def _logged_losses(run: Path) -> list[float]:
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if "loss" in r]
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+    return {m for m in out if m.startswith("vtrkit")}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(SRC.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def test_import_structure_has_no_cycle_and_arrows_point_down():
+    graph = {_module_name(p): _imports(p) for p in SRC.rglob("*.py")}
+    known = set(graph)
+
+    def resolve(name: str) -> str | None:
+        while name and name not in known:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    edges = {m: {r for d in deps if (r := resolve(d)) and r != m} for m, deps in graph.items()}
+    low_level = ("vtrkit.models", "vtrkit.losses", "vtrkit.data")
+    upper = ("vtrkit.train", "vtrkit.index", "vtrkit.cli")
+    for module, deps in edges.items():
+        if module.startswith(low_level):
+            bad = sorted(d for d in deps if d.startswith(upper))
+            assert not bad, f"{module} imports {bad}"
+    api_bad = sorted(d for d in edges["vtrkit.api"] if d.startswith("vtrkit.index."))
+    assert not api_bad, f"vtrkit.api imports index internals {api_bad}"
+    # No cycle among modules (package __init__ re-exports excluded: they are entry points).
+    plain = {
+        m: {d for d in deps if not (SRC.parent / d.replace(".", "/")).is_dir()}
+        for m, deps in edges.items()
+        if not (SRC.parent / m.replace(".", "/")).is_dir()
+    }
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in plain.get(node, ()):
+            if state.get(nxt) == 1:
+                cycle = [*path[path.index(nxt) :], nxt] if nxt in path else [node, nxt]
+                pytest.fail(f"import cycle: {' -> '.join(cycle)}")
+            if nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for module in plain:
+        if module not in state:
+            visit(module, [module])
+
+
+def test_exactly_one_place_steps_an_optimiser():
+    steppers = [
+        str(p.relative_to(SRC))
+        for p in SRC.rglob("*.py")
+        if "optimizer.step(" in p.read_text() or ".step(self.optimizer)" in p.read_text()
+    ]
+    assert steppers == ["train/loop.py"]
