@@ -77,7 +77,11 @@ class BackboneConfig(_Section):
     """The CLIP towers: a checkpoint to load, or an architecture to initialise randomly."""
 
     checkpoint: Path | None = None
-    """OpenAI ``.pt`` (TorchScript or state dict), open_clip state dict, or a Hugging Face folder."""
+    """OpenAI ``.pt`` (TorchScript or state dict), open_clip state dict, a Hugging Face folder, an
+    official X-CLIP/CLIP4Clip fine-tuned file (its ``clip.*`` towers), or a name resolved through
+    the local Hugging Face cache: a Hub id (``openai/clip-vit-base-patch32``) or an OpenAI short
+    name (``ViT-B/32``, ``ViT-B/16``, ``ViT-L/14``). A local path of that name wins; see
+    :mod:`vtrkit.backbones.hub` for when a download is allowed."""
     arch: ClipArch | None = None
     """Used when ``checkpoint`` is None: a randomly initialised CLIP of this shape."""
     tokenizer: Path | None = None
@@ -171,7 +175,24 @@ class VideoClipConfig(_Section):
     (stored in the model; an affine map the first Linear could absorb, so only conditioning)."""
 
 
-ModelKind = Literal["meanP", "seqTransf", "xclip", "clip2tv", "videoclip"]
+class TightConfig(_Section):
+    """CLIP4Clip's cross-encoder head ``tightTransf`` (SPEC §7); defaults follow the released code."""
+
+    layers: int = Field(4, ge=1)
+    heads: int | None = Field(None, ge=1)
+    """Attention heads; None: width // 64 (8 for D = 512, the released cross-base config)."""
+    text_tokens: Literal["sentence", "words"] = "sentence"
+    """What the text contributes to the joint sequence: the sentence feature as one token (the
+    released code), or every projected token state with the text padding mask."""
+    type_embedding: bool = False
+    """Add a learned text/video type embedding (the paper; the released code has it commented
+    out, so official checkpoints have none)."""
+    init_from_clip: bool = True
+    """Initialise the position table and blocks from CLIP's text tower where shapes match, as the
+    released code does; False keeps a fresh random initialisation."""
+
+
+ModelKind = Literal["meanP", "seqLSTM", "seqTransf", "tightTransf", "xclip", "clip2tv", "videoclip"]
 
 
 class ModelConfig(_Section):
@@ -180,8 +201,10 @@ class ModelConfig(_Section):
     temporal: bool = True
     """Use the temporal transformer (meanP ignores this: it has none)."""
     temporal_layers: int = Field(4, ge=0)
-    temporal_heads: int = Field(8, ge=1)
-    """Attention heads of the temporal encoder; must divide the embedding width."""
+    temporal_heads: int | None = Field(None, ge=1)
+    """Attention heads of the temporal encoder; None: width // 64 as the official TransformerClip
+    (8 for D = 512). Must divide the embedding width."""
+    tight: TightConfig = TightConfig()
     xclip: XClipConfig = XClipConfig()
     clip2tv: Clip2TVConfig = Clip2TVConfig()
     videoclip: VideoClipConfig = VideoClipConfig()

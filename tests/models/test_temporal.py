@@ -20,6 +20,7 @@ def hf_text_layers(n: int, width: int = D) -> tuple[list[CLIPEncoderLayer], torc
         intermediate_size=4 * width,
         num_attention_heads=HEADS,
         hidden_act="quick_gelu",
+        layer_norm_eps=1e-12,  # the official temporal transformer's eps (CLIP's own is 1e-5)
     )
     config._attn_implementation = "eager"
     torch.manual_seed(11)

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING
 from vtrkit.config import DataConfig, ModelConfig
 from vtrkit.models.base import RetrievalModel
 from vtrkit.models.meanpool import Clip4Clip
-from vtrkit.models.temporal import TemporalEncoder
+from vtrkit.models.seqlstm import SeqLstmEncoder
+from vtrkit.models.temporal import TemporalEncoder, default_heads
+from vtrkit.models.tight_transformer import CrossEncoder, TightTransformer
 from vtrkit.models.xclip import XClip
 from vtrkit.models.xclip_head import XClipHead
 
@@ -23,17 +25,30 @@ MAX_FRAME_POSITIONS = 77
 
 def build_temporal(cfg: ModelConfig, width: int, towers: object) -> TemporalEncoder | None:
     """The seqTransf encoder initialised from the CLIP text layers, or None when switched off
-    (``model.temporal: false`` or ``model.temporal_layers: 0``)."""
+    (``model.temporal: false`` or ``model.temporal_layers: 0``). Heads: ``model.temporal_heads``,
+    by default width // 64 as the official TransformerClip."""
     if not cfg.temporal or cfg.temporal_layers == 0:
         return None
-    if width % cfg.temporal_heads != 0:
+    heads = default_heads(width, cfg.temporal_heads)
+    if width % heads != 0:
         raise ValueError(
-            f"model.temporal_heads={cfg.temporal_heads} does not divide the embedding width "
-            f"{width}; pick a divisor"
+            f"model.temporal_heads={heads} does not divide the embedding width {width}; "
+            "pick a divisor"
         )
-    encoder = TemporalEncoder(width, cfg.temporal_heads, cfg.temporal_layers, MAX_FRAME_POSITIONS)
+    encoder = TemporalEncoder(width, heads, cfg.temporal_layers, MAX_FRAME_POSITIONS)
     encoder.init_from_clip(towers)  # type: ignore[arg-type]
     return encoder
+
+
+def build_tight(cfg: ModelConfig, width: int, towers: object) -> TightTransformer:
+    """tightTransf: the cross-encoder of ``model.tight``, initialised as the released code."""
+    tight = cfg.tight
+    cross = CrossEncoder(
+        width, tight.layers, tight.heads, MAX_FRAME_POSITIONS, tight.type_embedding
+    )
+    if tight.init_from_clip:
+        cross.init_from_clip(towers)  # type: ignore[arg-type]
+    return TightTransformer(towers, cross, tight.text_tokens)  # type: ignore[arg-type]
 
 
 def build_model(cfg: ModelConfig, data: DataConfig) -> tuple[RetrievalModel, Tokenizer]:
@@ -59,6 +74,10 @@ def build_model(cfg: ModelConfig, data: DataConfig) -> tuple[RetrievalModel, Tok
     width = towers.embed_dim
     if cfg.kind == "meanP":
         model: RetrievalModel = Clip4Clip(towers, None)
+    elif cfg.kind == "seqLSTM":
+        model = Clip4Clip(towers, SeqLstmEncoder(width))
+    elif cfg.kind == "tightTransf":
+        model = build_tight(cfg, width, towers)
     elif cfg.kind == "seqTransf":
         temporal = build_temporal(cfg, width, towers)
         if temporal is None:
@@ -74,6 +93,7 @@ def build_model(cfg: ModelConfig, data: DataConfig) -> tuple[RetrievalModel, Tok
         model = XClip(towers, build_temporal(cfg, width, towers), head)
     else:
         raise ValueError(
-            f"unknown model.kind {cfg.kind!r}; use meanP, seqTransf, xclip, clip2tv or videoclip"
+            f"unknown model.kind {cfg.kind!r}; use meanP, seqLSTM, seqTransf, tightTransf, "
+            "xclip, clip2tv or videoclip"
         )
     return model, tokenizer
