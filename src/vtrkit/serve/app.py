@@ -1,10 +1,17 @@
-"""The search server: a page with a search box and result thumbnails, and a JSON API.
+"""The search server: a page with a search box, one result per video and a player, and a JSON API.
 
 Routes: ``/`` (the page; ``?q=`` renders results), ``/api/search?q=&k=&rerank=`` (JSON),
 ``/api/like/{video_id}?k=`` (videos like a catalogued one), ``/api/status``,
-``/media/{video_id}`` (the video file, with range requests for seeking) and
-``/thumb/{window_id}.jpg``. Media are looked up by catalog id only: no route takes a path, so nothing
-outside the catalog can be served. Bad input gets a 4xx with a message saying what is wrong.
+``/media/{video_id}`` (the video file, with range requests for seeking),
+``/thumb/{video_id}/{window_id}.jpg`` (a readable thumbnail, see :mod:`vtrkit.serve.media`) and
+``/thumb/{window_id}.jpg`` (the small one stored in the catalog). Media are looked up by catalog
+id only: no route takes a path, so nothing outside the catalog can be served, and an id too large
+for the catalog is a 404. Bad input gets a 4xx with a message saying what is wrong; on the page a
+bad ``k`` or an empty query gets a friendly line instead.
+
+Results are grouped by video (:meth:`~vtrkit.index.VideoIndex.search_videos`) and re-ranked by
+default when the model has a fine-grained head. Concurrent queries are encoded in one batch and
+repeated ones come from a cache (:class:`~vtrkit.serve.batching.QueryEncoder`).
 """
 
 from __future__ import annotations
@@ -20,7 +27,10 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from vtrkit.index.search import SearchResult, VideoIndex
+from vtrkit.index import Moment, VideoHit, VideoIndex
+from vtrkit.index.results import describe_scores, format_time
+from vtrkit.serve.batching import QueryEncoder
+from vtrkit.serve.media import ThumbnailCache, valid_id
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +38,14 @@ HERE = Path(__file__).parent
 MAX_QUERY_CHARS = 300
 MAX_K = 100
 MAX_RERANK = 1000
+PAGE_K = (6, 12, 24, 48)
+DEFAULT_PAGE_K = 12
+EXAMPLE = "a red circle moves left, then a blue square appears"
 
 
 def _check_query(q: str | None) -> str:
     if q is None or not q.strip():
-        raise HTTPException(400, "the query is empty: pass some words as ?q=")
+        raise HTTPException(400, "the query is empty: give some words to search for (?q=...)")
     q = q.strip()
     if len(q) > MAX_QUERY_CHARS:
         raise HTTPException(
@@ -48,47 +61,109 @@ def _check_k(k: int, rerank: int | None) -> None:
         raise HTTPException(400, f"rerank must be between 0 and {MAX_RERANK}, got {rerank}")
 
 
-def _format_time(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+def _page_number(
+    text: str | None, default: int | None, low: int, high: int, what: str
+) -> tuple[int | None, str | None]:
+    """A number typed into the page's URL: (value, None), or (default, a friendly notice)."""
+    if text is None or text.strip() == "":
+        return default, None
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        shown = "the default" if default is None else str(default)
+        return default, (
+            f"{what} must be a whole number from {low} to {high}, not “{text[:20]}”; "
+            f"showing {shown} instead"
+        )
+    return value, None
 
 
-def _result_json(r: SearchResult) -> dict[str, Any]:
-    data = r.to_dict()
-    data["name"] = r.path.name
-    data["thumb"] = f"/thumb/{r.window_id}.jpg"
-    data["media"] = f"/media/{r.video_id}#t={r.start:.2f},{r.end:.2f}"
-    data["label"] = f"{_format_time(r.start)}–{_format_time(r.end)}"
+def _moment_json(video_id: int, m: Moment | VideoHit) -> dict[str, Any]:
+    return {
+        "start": m.start,
+        "end": m.end,
+        "score": m.score,
+        "window_id": m.window_id,
+        "label": f"{format_time(m.start)}–{format_time(m.end)}",
+        "thumb": f"/thumb/{video_id}/{m.window_id}.jpg",
+        "media": f"/media/{video_id}#t={m.start:.2f},{m.end:.2f}",
+    }
+
+
+def _hit_json(hit: VideoHit, duration: float | None) -> dict[str, Any]:
+    data = hit.to_dict()
+    data.update(_moment_json(hit.video_id, hit))
+    data["name"] = hit.path.name
+    data["duration"] = duration
+    data["duration_label"] = format_time(duration) if duration else ""
+    data["moments"] = [_moment_json(hit.video_id, m) for m in hit.moments]
     return data
 
 
-def create_app(index: VideoIndex, default_rerank: int | None = None) -> FastAPI:
+def create_app(
+    index: VideoIndex, default_rerank: int | None = None, queries: QueryEncoder | None = None
+) -> FastAPI:
     """A FastAPI app serving ``index``. ``default_rerank`` re-ranks that many candidates when a
-    request does not say (None: ANN order only)."""
+    request does not say (None: the index's default, see ``VideoIndex.default_rerank``);
+    ``queries`` encodes query texts (default: a :class:`QueryEncoder` over the index's model)."""
     app = FastAPI(title="vtrkit search", docs_url=None, redoc_url=None)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     catalog = index.catalog
+    rerank_default = index.default_rerank if default_rerank is None else default_rerank
+    queries = queries or QueryEncoder(index.encoder.encode_texts)
+    thumbs = ThumbnailCache(catalog)
+    app.state.queries = queries
 
-    def run_search(q: str, k: int, rerank: int | None) -> tuple[list[dict[str, Any]], float]:
-        rerank = default_rerank if rerank is None else rerank
+    def run_search(q: str, k: int, rerank: int | None) -> tuple[dict[str, Any], float]:
         started = time.perf_counter()
-        results = index.search(q, k=k, rerank=rerank or None)
-        return [_result_json(r) for r in results], (time.perf_counter() - started) * 1000
+        used = rerank_default if rerank is None else rerank
+        hits = index.search_videos(q, k=k, rerank=used, query=queries.encode(q))
+        results = [_hit_json(h, _duration(h.video_id)) for h in hits]
+        took = (time.perf_counter() - started) * 1000
+        scored_by = "head" if used else "cosine"
+        return {"results": results, "scored_by": scored_by, "rerank": used}, took
+
+    def _duration(video_id: int) -> float | None:
+        video = catalog.video(video_id)
+        return None if video is None else video.duration
+
+    def indexed_video(video_id: int):
+        video = catalog.video(video_id) if valid_id(video_id) else None
+        if video is None or video.status == "failed":
+            raise HTTPException(404, f"no indexed video with id {video_id}")
+        return video
 
     @app.get("/", response_class=HTMLResponse)
     def page(
-        request: Request, q: str | None = None, k: int = Query(12), rerank: int | None = None
+        request: Request, q: str | None = None, k: str | None = None, rerank: str | None = None
     ) -> HTMLResponse:
-        context: dict[str, Any] = {"q": q or "", "k": k, "results": None, "error": None}
-        context["counts"] = catalog.counts()
+        k_value, k_notice = _page_number(k, DEFAULT_PAGE_K, 1, MAX_K, "The number of results")
+        r_value, r_notice = _page_number(rerank, None, 0, MAX_RERANK, "rerank")
+        assert k_value is not None
+        context: dict[str, Any] = {
+            "q": (q or "").strip(),
+            "k": k_value,
+            "k_choices": sorted({*PAGE_K, k_value}),
+            "results": None,
+            "error": None,
+            "hint": None,
+            "notices": [n for n in (k_notice, r_notice) if n],
+            "counts": catalog.counts(),
+            "example": EXAMPLE,
+        }
         status = 200
-        if q is not None:
+        if q is not None and not q.strip():
+            context["hint"] = (
+                f"Type what happens in the video you are looking for, e.g. “{EXAMPLE}”."
+            )
+        elif q is not None:
             try:
-                query = _check_query(q)
-                _check_k(k, rerank)
-                context["results"], context["took_ms"] = run_search(query, k, rerank)
+                found, context["took_ms"] = run_search(_check_query(q), k_value, r_value)
+                context.update(found)
+                context["scores"] = describe_scores(found["scored_by"], found["rerank"])
             except HTTPException as exc:
                 context["error"], status = exc.detail, exc.status_code
         return templates.TemplateResponse(request, "index.html", context, status_code=status)
@@ -99,33 +174,38 @@ def create_app(index: VideoIndex, default_rerank: int | None = None) -> FastAPI:
     ) -> dict[str, Any]:
         query = _check_query(q)
         _check_k(k, rerank)
-        results, took = run_search(query, k, rerank)
-        return {"query": query, "k": k, "results": results, "took_ms": round(took, 2)}
+        found, took = run_search(query, k, rerank)
+        return {"query": query, "k": k, **found, "took_ms": round(took, 2)}
 
     @app.get("/api/like/{video_id}")
     def api_like(video_id: int, k: int = Query(10)) -> dict[str, Any]:
         _check_k(k, None)
-        video = catalog.video(video_id)
-        if video is None or video.status != "ok":
-            raise HTTPException(404, f"no indexed video with id {video_id}")
-        results = index.search_like(video.path, k=k)
-        return {"video_id": video_id, "k": k, "results": [_result_json(r) for r in results]}
+        video = indexed_video(video_id)
+        hits = index.search_videos_like(video.path, k=k)
+        results = [_hit_json(h, _duration(h.video_id)) for h in hits]
+        return {"video_id": video_id, "k": k, "results": results, "scored_by": "cosine"}
 
     @app.get("/api/status")
     def api_status() -> dict[str, Any]:
         settings = index.library.settings
+        stats = queries.stats
         return {
             "counts": catalog.counts(),
             "fingerprint": settings.fingerprint,
             "window_length": settings.window_length,
             "window_stride": settings.window_stride,
+            "default_rerank": rerank_default,
+            "query_encoding": {
+                "passes": stats.passes,
+                "encoded": stats.encoded,
+                "cache_hits": stats.cache_hits,
+                "largest_pass": stats.largest_pass,
+            },
         }
 
     @app.get("/media/{video_id}")
     def media(video_id: int) -> FileResponse:
-        video = catalog.video(video_id)
-        if video is None or video.status != "ok":
-            raise HTTPException(404, f"no indexed video with id {video_id}")
+        video = indexed_video(video_id)
         path = Path(video.path)
         if not path.is_file():
             raise HTTPException(410, f"video {video_id} is in the index but its file is gone")
@@ -134,9 +214,18 @@ def create_app(index: VideoIndex, default_rerank: int | None = None) -> FastAPI:
             path, media_type=media_type, filename=path.name, content_disposition_type="inline"
         )
 
+    @app.get("/thumb/{video_id}/{window_id}.jpg")
+    def readable_thumb(video_id: int, window_id: int) -> Response:
+        jpeg = None
+        if valid_id(video_id) and valid_id(window_id):
+            jpeg = thumbs.get(video_id, window_id)
+        if jpeg is None:
+            raise HTTPException(404, f"no window {window_id} in video {video_id}")
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
     @app.get("/thumb/{window_id}.jpg")
     def thumb(window_id: int) -> Response:
-        jpeg = catalog.thumbnail(window_id)
+        jpeg = catalog.thumbnail(window_id) if valid_id(window_id) else None
         if jpeg is None:
             raise HTTPException(404, f"no thumbnail for window {window_id}")
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
@@ -155,4 +244,4 @@ def serve(
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this address can search and watch", host)
-    uvicorn.run(create_app(index, default_rerank), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(index, default_rerank), host=host, port=port, log_level="warning")
