@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from copy import deepcopy
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -53,6 +54,53 @@ class Encoder(Protocol):
         ...
 
 
+@runtime_checkable
+class FrameEncoder(Encoder, Protocol):
+    """An :class:`Encoder` that encodes sampled frames once and builds windows from their
+    features: the index build's fast path, where overlapping windows share their frames."""
+
+    encodes_frames: bool
+    """False when this model cannot split its video encoding (the build then encodes windows)."""
+
+    def encode_frame_images(self, images: Tensor) -> Tensor:
+        """images [N, 3, S, S] normalised float -> frame features [N, D] float32 on the CPU."""
+        ...
+
+    def windows_from_frame_features(self, features: Tensor, mask: Tensor) -> VideoFeatures:
+        """features [W, Nf, D] (padded slots: the feature of an all-zero image), mask [W, Nf]
+        -> what :meth:`Encoder.encode_video_windows` gives for the same frames."""
+        ...
+
+
+Precision = Literal["fp32", "bf16", "int8"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
+
+
+def _splits_video_encoding(model: RetrievalModel) -> bool:
+    """True when ``encode_video`` is ``encode_images`` followed by ``video_from_frame_features``:
+    both split methods come from the class that defines ``encode_video`` or a subclass of it (a
+    model that overrides ``encode_video`` alone is encoded window by window)."""
+
+    def owner(name: str) -> type:
+        return next(k for k in type(model).__mro__ if name in vars(k))
+
+    split, images = owner("video_from_frame_features"), owner("encode_images")
+    if RetrievalModel in (split, images):
+        return False
+    return issubclass(split, owner("encode_video")) and issubclass(images, owner("encode_video"))
+
+
+def _reduced_copy(model: RetrievalModel, precision: str) -> torch.nn.Module:
+    """A copy of ``model`` for encoding frames in ``precision`` (bf16 weights, or int8 dynamic
+    quantization of its Linear layers); the original keeps fp32 for everything else."""
+    copy = deepcopy(model)
+    if precision == "bf16":
+        return copy.to(torch.bfloat16)
+    from torch.ao.quantization import quantize_dynamic
+
+    return quantize_dynamic(copy.cpu(), {torch.nn.Linear}, dtype=torch.qint8)
+
+
 def _hash_tensor(h: Any, name: str, tensor: Tensor) -> None:
     tensor = tensor.detach().to("cpu").contiguous()
     h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
@@ -81,6 +129,11 @@ class ModelEncoder:
         batch_size: windows per forward pass when encoding videos.
         source: how to load this model again (recorded in an index's catalog), e.g.
             ``{"kind": "checkpoint", "path": ...}``; None for a model built in code.
+        precision: arithmetic of the frame tower when encoding videos: ``fp32``, ``bf16``
+            (bf16 weights and activations) or ``int8`` (dynamic quantization of the Linear
+            layers, CPU only). Texts, the temporal encoder and the heads stay fp32, and the
+            fingerprint is the fp32 model's, so an index built in one precision is searched
+            with any.
     """
 
     def __init__(
@@ -91,7 +144,14 @@ class ModelEncoder:
         device: str | torch.device = "cpu",
         batch_size: int = 16,
         source: dict[str, Any] | None = None,
+        precision: Precision = "fp32",
     ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(
+                f"precision {precision!r} is not one of {', '.join(PRECISIONS)} (--precision)"
+            )
+        if precision == "int8" and torch.device(device).type != "cpu":
+            raise ValueError("precision int8 (dynamic quantization) runs on the CPU only")
         self.model = model.eval().to(device)
         self.source = source or {"kind": "custom"}
         self.tokenizer = tokenizer
@@ -102,10 +162,56 @@ class ModelEncoder:
         self.image_size = data_cfg.image_size
         self.fps = data_cfg.fps
         self._fingerprint: str | None = None
+        self.precision = precision
+        self.encodes_frames = _splits_video_encoding(self.model)
+        if precision != "fp32":
+            self.fingerprint()  # of the fp32 weights
+        self._frame_model = (
+            _reduced_copy(self.model, precision).eval() if precision != "fp32" else self.model
+        )
+
+    @property
+    def frame_batch(self) -> int:
+        """Frames per forward pass of the frame tower: ``batch_size`` windows of Nf frames."""
+        return self.batch_size * self.num_frames
+
+    @torch.no_grad()
+    def encode_frame_images(self, images: Tensor) -> Tensor:
+        """images [N, 3, S, S] normalised -> CLIP frame features [N, D] float32 on the CPU."""
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        parts = [
+            self._frame_model.encode_images(
+                images[start : start + self.frame_batch].to(self.device, dtype)
+            )
+            .float()
+            .cpu()
+            for start in range(0, images.shape[0], self.frame_batch)
+        ]
+        return torch.cat(parts) if parts else torch.zeros(0, 0)
+
+    @torch.no_grad()
+    def windows_from_frame_features(self, features: Tensor, mask: Tensor) -> VideoFeatures:
+        """features [W, Nf, D] from :meth:`encode_frame_images`, mask [W, Nf] -> VideoFeatures on
+        the CPU (float32), equal to :meth:`encode_video_windows` on the same frames."""
+        parts = []
+        for start in range(0, features.shape[0], self.batch_size):
+            out = self.model.video_from_frame_features(
+                features[start : start + self.batch_size].to(self.device),
+                mask[start : start + self.batch_size].to(self.device),
+            )
+            parts.append(
+                VideoFeatures(out.video.float().cpu(), out.frames.float().cpu(), out.mask.cpu())
+            )
+        return VideoFeatures.cat(parts)
 
     @torch.no_grad()
     def encode_video_windows(self, frames: Tensor, mask: Tensor) -> VideoFeatures:
-        """frames [N, Nf, 3, S, S], mask [N, Nf] -> VideoFeatures on the CPU (float32)."""
+        """frames [N, Nf, 3, S, S], mask [N, Nf] -> VideoFeatures on the CPU (float32); frames
+        go through the frame tower in :attr:`precision`."""
+        if self.precision != "fp32" and self.encodes_frames:
+            n, nf = frames.shape[:2]
+            clip = self.encode_frame_images(frames.flatten(0, 1)).view(n, nf, -1)
+            return self.windows_from_frame_features(clip, mask)
         parts = []
         for start in range(0, frames.shape[0], self.batch_size):
             out = self.model.encode_video(
@@ -155,7 +261,10 @@ class ModelEncoder:
 
 
 def load_model_for_index(
-    checkpoint_dir: str | Path, device: str | torch.device = "cpu", batch_size: int = 16
+    checkpoint_dir: str | Path,
+    device: str | torch.device = "cpu",
+    batch_size: int = 16,
+    precision: Precision = "fp32",
 ) -> ModelEncoder:
     """A trained model from a checkpoint or run folder (see :func:`vtrkit.checkpoint.load_trained`)."""
     from vtrkit.checkpoint import load_trained
@@ -174,6 +283,7 @@ def load_model_for_index(
         device,
         batch_size,
         source,
+        precision,
     )
 
 
@@ -198,6 +308,7 @@ def load_backbone_for_index(
     fps: float = 1.0,
     device: str | torch.device = "cpu",
     batch_size: int = 16,
+    precision: Precision = "fp32",
 ) -> ModelEncoder:
     """Zero-shot encoder: the CLIP checkpoint at ``backbone`` with mean pooling over frames."""
     from vtrkit.models.build import build_model
@@ -217,7 +328,7 @@ def load_backbone_for_index(
         "image_size": image_size,
         "fps": fps,
     }
-    return ModelEncoder(model, tokenizer, cfg.data, device, batch_size, source)
+    return ModelEncoder(model, tokenizer, cfg.data, device, batch_size, source, precision)
 
 
 def encoder_from_source(

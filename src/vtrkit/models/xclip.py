@@ -32,10 +32,10 @@ class XClip(Clip4Clip):
         super().__init__(towers, temporal)
         self.head = head
 
-    def encode_video(self, frames: Tensor, video_mask: Tensor) -> VideoFeatures:
-        """frames [V, Nf, 3, S, S], video_mask [V, Nf] -> video [V, D] and the head's frames
-        [V, Nf, D], both unit-norm."""
-        clip, seq = self.encode_frames(frames, video_mask)
+    def _video_features(self, clip: Tensor, seq: Tensor, video_mask: Tensor) -> VideoFeatures:
+        """video [V, D] from the temporal output and the head's frames [V, Nf, D] (CLIP features,
+        or the temporal output with ``frames_after_temporal``), both unit-norm; used by
+        ``encode_video`` and ``video_from_frame_features`` alike."""
         per_frame = seq if self.head.cfg.frames_after_temporal else clip
         return VideoFeatures(
             masked_mean(seq, video_mask), F.normalize(per_frame, dim=-1), video_mask
