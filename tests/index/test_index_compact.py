@@ -72,7 +72,8 @@ def random_video(path: Path, seconds: int, rng: np.random.Generator) -> Path:
 def videos(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("videos")
     rng = np.random.default_rng(7)
-    return [random_video(root / f"v{i}.mp4", 3 + i % 4, rng) for i in range(9)]
+    # 8-11 s: longer than two 4-s windows, so every video has several windows.
+    return [random_video(root / f"v{i}.mp4", 8 + i % 4, rng) for i in range(9)]
 
 
 @pytest.fixture(scope="module")

@@ -12,25 +12,31 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from vtrkit.index.build.discovery import collect_videos, expand_sources  # noqa: F401
+from vtrkit.index.build.frame_decoding import (
+    WINDOW_MODES,
+    SampledFrame,
+    VideoPlan,
+    WindowMode,
+    WindowSpec,
+    decode_video,
+)
+from vtrkit.index.build.pipeline import DecodeAhead, EncodedVideo, FramePipeline
 from vtrkit.index.storage.ann import AnnConfig
 from vtrkit.index.storage.catalog import Catalog, FileStat, NewWindow
-from vtrkit.index.build.window_decoding import DecodedVideo, decode_windows
-from vtrkit.inference import Encoder
 from vtrkit.index.storage.library import CATALOG_FILE, IndexSettings, Library, check_encoder
 from vtrkit.index.storage.lock import writer_lock
+from vtrkit.inference import Encoder
 from vtrkit.models.base import VideoFeatures
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class BuildReport:
@@ -45,6 +51,8 @@ class BuildReport:
     """(path, reason) of every file that is recorded as failed, this run or earlier."""
     windows: int = 0
     """Windows encoded in this run."""
+    frames: int = 0
+    """Distinct frames encoded in this run (a frame shared by overlapping windows counts once)."""
     seconds: float = 0.0
     windows_per_rank: list[int] = field(default_factory=list)
     """Sharded builds only: windows each process encoded this run, by rank."""
@@ -91,17 +99,52 @@ def default_window(encoder: Encoder) -> float:
     return encoder.num_frames / encoder.fps
 
 
+WINDOW_MODE_KEY = "window_mode"
+"""Catalog ``meta`` key holding the index's window mode (absent: ``fixed``)."""
+DEFAULT_WINDOW_MODE: WindowMode = "fixed"
+"""Window mode of a new index when none is asked for."""
+
+
+def window_mode_of(catalog: Catalog) -> WindowMode:
+    """The window mode an index was built with (``fixed`` for indexes made before shots)."""
+    mode = catalog.get_meta(WINDOW_MODE_KEY) or "fixed"
+    if mode not in WINDOW_MODES:
+        raise ValueError(f"{catalog.path}: unknown window mode {mode!r} in the catalog")
+    return mode  # type: ignore[return-value]
+
+
+def _set_window_mode(library: Library, windows: str | None) -> None:
+    """Record ``windows`` for a new index; refuse a different one for an existing index."""
+    if windows is not None and windows not in WINDOW_MODES:
+        raise ValueError(
+            f"unknown window mode {windows!r} (--windows): use {' or '.join(WINDOW_MODES)}"
+        )
+    catalog = library.catalog
+    recorded = catalog.get_meta(WINDOW_MODE_KEY)
+    if recorded is None and catalog.videos():
+        recorded = "fixed"  # built before window modes existed
+    if recorded is not None and windows is not None and windows != recorded:
+        raise ValueError(
+            f"{library.folder} was built with --windows {recorded}; build a new index (another "
+            f"-o folder) for --windows {windows}, or leave --windows out to keep {recorded}"
+        )
+    if catalog.get_meta(WINDOW_MODE_KEY) is None:
+        catalog.set_meta({WINDOW_MODE_KEY: recorded or windows or DEFAULT_WINDOW_MODE})
+
+
 def open_for_writing(
     folder: str | Path,
     encoder: Encoder,
     window_length: float | None = None,
     window_stride: float | None = None,
     source: dict | None = None,
+    windows: WindowMode | None = None,
 ) -> Library:
     """Create ``folder`` as an index for ``encoder`` (or reopen it, checking it is the same model).
 
     Window length and stride default to the existing index's values, and for a new index to the
-    model's span (Nf / fps) and half of it.
+    model's span (Nf / fps) and half of it. ``windows`` (``fixed`` or ``shots``) defaults to the
+    existing index's mode, and for a new index to :data:`DEFAULT_WINDOW_MODE`.
     """
     existing = _existing_settings(Path(folder))
     if window_length is None:
@@ -121,7 +164,12 @@ def open_for_writing(
         source=source or getattr(encoder, "source", None) or {"kind": "custom"},
     )
     library = Library.create(folder, settings)
-    check_encoder(library.settings, encoder, library.folder)
+    try:
+        check_encoder(library.settings, encoder, library.folder)
+        _set_window_mode(library, windows)
+    except BaseException:
+        library.close()
+        raise
     return library
 
 
@@ -242,85 +290,57 @@ class IndexUpdater:
             jobs.append(Job(stat, known is not None))
         return jobs
 
-    def _decode(self, job: Job) -> DecodedVideo | str:
+    def window_spec(self) -> WindowSpec:
+        """How this index cuts and samples videos (its settings and window mode)."""
         s = self.library.settings
+        mode = window_mode_of(self.library.catalog)
+        return WindowSpec(s.num_frames, s.image_size, s.fps, s.window_length, s.window_stride, mode)
+
+    def _decode(self, job: Job, emit: Callable[[SampledFrame], None]) -> VideoPlan | str:
         try:
-            return decode_windows(
-                job.stat.path, s.num_frames, s.image_size, s.fps, s.window_length, s.window_stride
-            )
+            return decode_video(job.stat.path, self._spec, emit)
         except Exception as exc:  # any broken file is recorded, never fatal to the build
             log.debug("decoding %s failed", job.stat.path, exc_info=True)
             cause = getattr(exc, "cause", None)
             reason = str(cause) if cause is not None else str(exc)
             return f"{type(exc).__name__}: {reason}"
 
-    def _decoded(self, jobs: list[Job]) -> Iterator[tuple[Job, DecodedVideo | str]]:
-        """Decode in worker threads, a few videos ahead, yielding in job order."""
-        with ThreadPoolExecutor(max(1, self.decode_workers)) as pool:
-            ahead: deque[tuple[Job, Future]] = deque()
-            pending = iter(jobs)
-            for job in pending:
-                ahead.append((job, pool.submit(self._decode, job)))
-                if len(ahead) > 2 * self.decode_workers:
-                    break
-            while ahead:
-                job, future = ahead.popleft()
-                nxt = next(pending, None)
-                if nxt is not None:
-                    ahead.append((nxt, pool.submit(self._decode, nxt)))
-                yield job, future.result()
-
     def _encode_all(self, jobs: list[Job], report: BuildReport) -> None:
+        """Decode each job once (ahead, in worker threads), encode its frames in batches shared
+        across videos, and commit each video as soon as its windows are encoded, in job order."""
         bar = tqdm(
             total=len(jobs), unit="video", disable=not self.progress, desc="indexing", smoothing=0.1
         )
-        batch: list[tuple[Job, DecodedVideo]] = []
+        self._spec = self.window_spec()
+        pipeline: FramePipeline[Job] = FramePipeline(self.encoder, self.batch_windows)
         try:
-            for job, result in self._decoded(jobs):
-                if isinstance(result, str):
-                    # Keep commit order equal to job order: flush what is waiting first.
-                    self._commit_batch(batch, report, bar)
-                    batch = []
-                    self.library.catalog.record_failure(job.stat, result)
+            with DecodeAhead(jobs, self._decode, self.decode_workers) as decoded:
+                for done in pipeline.run(iter(decoded)):
+                    self._commit(done, report)
+                    report.frames = pipeline.frames_encoded
                     bar.update(1)
-                    continue
-                batch.append((job, result))
-                if sum(len(d.windows) for _, d in batch) >= self.batch_windows:
-                    self._commit_batch(batch, report, bar)
-                    batch = []
-            self._commit_batch(batch, report, bar)
+                    bar.set_postfix(windows=report.windows, refresh=False)
         finally:
             bar.close()
 
-    def _commit_batch(
-        self, batch: list[tuple[Job, DecodedVideo]], report: BuildReport, bar: tqdm
-    ) -> None:
-        """Encode the windows of several videos in one pass, then commit video by video."""
-        if not batch:
+    def _commit(self, done: EncodedVideo[Job], report: BuildReport) -> None:
+        """Write one video's features, flush them, then record it in one catalog transaction."""
+        job, plan = done.job, done.plan
+        catalog = self.library.catalog
+        if plan is None or done.features is None:
+            catalog.record_failure(job.stat, done.error or "not decoded")
             return
-        frames = torch.cat([d.frames for _, d in batch])
-        mask = torch.cat([d.mask for _, d in batch])
-        features = self.encoder.encode_video_windows(frames, mask)
-        store, catalog = self.library.store, self.library.catalog
-        offset = 0
-        for job, decoded in batch:
-            count = len(decoded.windows)
-            part = features.slice(offset, offset + count)
-            offset += count
-            rows = self._append(part)
-            store.flush()
-            windows = [
-                NewWindow(start, end, int(row), thumb)
-                for (start, end), row, thumb in zip(
-                    decoded.windows, rows, decoded.thumbnails, strict=True
-                )
-            ]
-            catalog.commit_video(job.stat, decoded.duration, windows, store.end)
-            store.mark_committed(store.end)
-            (report.updated if job.existed else report.added).append(job.stat.path)
-            report.windows += count
-            bar.update(1)
-            bar.set_postfix(windows=report.windows, refresh=False)
+        store = self.library.store
+        rows = self._append(done.features)
+        store.flush()
+        windows = [
+            NewWindow(start, end, int(row), thumb)
+            for (start, end), row, thumb in zip(plan.windows, rows, plan.thumbnails, strict=True)
+        ]
+        catalog.commit_video(job.stat, plan.duration, windows, store.end, plan.damage)
+        store.mark_committed(store.end)
+        (report.updated if job.existed else report.added).append(job.stat.path)
+        report.windows += len(windows)
 
     def _append(self, part: VideoFeatures):
         return self.library.store.append(
@@ -338,12 +358,15 @@ def build_index(
     decode_workers: int = 2,
     ann_config: AnnConfig = AnnConfig(),
     progress: bool = False,
+    windows: WindowMode | None = None,
 ) -> BuildReport:
     """Make the index at ``out`` mirror ``videos`` (a folder, a list file, a video or a list of
     paths): new files are encoded, changed files re-encoded, files no longer present dropped.
-    Rerunning after a crash resumes where the last committed video left off."""
+    Rerunning after a crash resumes where the last committed video left off. ``windows`` is
+    ``fixed`` (overlapping windows of ``window_length`` every ``window_stride``) or ``shots``
+    (windows that start at cuts, see :mod:`vtrkit.index.build.shots`)."""
     paths = expand_sources(videos)
-    library = open_for_writing(out, encoder, window_length, window_stride)
+    library = open_for_writing(out, encoder, window_length, window_stride, windows=windows)
     try:
         updater = IndexUpdater(
             library, encoder, batch_windows, decode_workers, ann_config, progress

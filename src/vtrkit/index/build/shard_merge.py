@@ -52,9 +52,9 @@ from vtrkit.index.storage.catalog import (
     VideoRecord,
     VideoRow,
 )
+from vtrkit.index.storage.feature_store import FeatureStore, fsync_dir
 from vtrkit.index.storage.library import CATALOG_FILE, IndexMismatchError, IndexSettings, Library
 from vtrkit.index.storage.lock import writer_lock
-from vtrkit.index.storage.feature_store import FeatureStore, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -374,7 +374,7 @@ def _copy_video(
         NewWindow(w.start, w.end, int(row), thumbs.get(w.id))
         for w, row in zip(windows, rows.tolist(), strict=True)
     ]
-    return VideoRecord(stat, "ok", None, video.duration, new_windows)
+    return VideoRecord(stat, "ok", None, video.duration, new_windows, video.damage)
 
 
 def _file_stat(video: VideoRow) -> FileStat:

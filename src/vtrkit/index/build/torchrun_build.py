@@ -48,17 +48,15 @@ from typing import Any, Protocol
 
 import torch
 
-from vtrkit.index.storage.ann import AnnConfig
+from vtrkit.index.build.frame_decoding import WindowMode
 from vtrkit.index.build.incremental import (
     BuildReport,
     IndexUpdater,
     Job,
     expand_sources,
     open_for_writing,
+    window_mode_of,
 )
-from vtrkit.inference import Encoder
-from vtrkit.index.storage.library import CATALOG_FILE, IndexSettings, Library, check_encoder
-from vtrkit.index.storage.lock import writer_lock
 from vtrkit.index.build.shard_merge import (
     check_shard_settings,
     list_shards,
@@ -68,6 +66,10 @@ from vtrkit.index.build.shard_merge import (
     shard_rank,
     shard_videos,
 )
+from vtrkit.index.storage.ann import AnnConfig
+from vtrkit.index.storage.library import CATALOG_FILE, IndexSettings, Library, check_encoder
+from vtrkit.index.storage.lock import writer_lock
+from vtrkit.inference import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +187,8 @@ class ShardTask:
     """Rank 0 only: shards left by an earlier run with more processes, with the files each keeps."""
     error: str | None = None
     """Set when planning failed on rank 0; every rank then stops."""
+    window_mode: WindowMode = "fixed"
+    """The library's window mode; every shard is built with it."""
 
 
 def assign_shards(
@@ -225,6 +229,7 @@ def build_index_sharded(
     decode_workers: int = 2,
     ann_config: AnnConfig = AnnConfig(),
     progress: bool = False,
+    windows: WindowMode | None = None,
 ) -> BuildReport | None:
     """Run this process's part of a sharded build of ``videos`` into ``out`` (see the module
     docstring); every rank calls it with the same arguments. Returns the build's report on rank
@@ -243,6 +248,7 @@ def build_index_sharded(
             decode_workers,
             ann_config,
             progress and comm.rank == 0,
+            windows,
         ).run(videos, window_length, window_stride)
     finally:
         if own:
@@ -273,7 +279,9 @@ class _Build:
         decode_workers: int,
         ann_config: AnnConfig,
         progress: bool,
+        windows: WindowMode | None = None,
     ) -> None:
+        self.windows = windows
         self.comm = comm
         self.out = out
         self.encoder = encoder
@@ -310,7 +318,9 @@ class _Build:
         """Rank 0: open and lock LIB and plan. Errors are kept to be sent to every rank."""
         lead = _Lead(time.perf_counter(), BuildReport())
         try:
-            library = open_for_writing(self.out, self.encoder, window_length, window_stride)
+            library = open_for_writing(
+                self.out, self.encoder, window_length, window_stride, windows=self.windows
+            )
             stack.callback(library.close)
             # Held until the merge is done: no other writer may change LIB in between.
             stack.enter_context(writer_lock(library.folder))
@@ -353,8 +363,9 @@ class _Build:
             rank = shard_rank(folder)
             if rank is not None and rank >= world:
                 orphans.setdefault(rank, [])
-        tasks = [ShardTask(settings, owned.get(r, [])) for r in range(world)]
-        tasks[0] = ShardTask(settings, owned.get(0, []), orphans)
+        mode = window_mode_of(updater.library.catalog)
+        tasks = [ShardTask(settings, owned.get(r, []), window_mode=mode) for r in range(world)]
+        tasks[0] = ShardTask(settings, owned.get(0, []), orphans, window_mode=mode)
         log.info(
             "sharded build: %d files to encode over %d processes (%s)",
             len(jobs),
@@ -412,7 +423,9 @@ class _Build:
         if not paths and not (folder / CATALOG_FILE).is_file():
             return 0  # nothing to encode and no stale shard to prune
         s = task.settings
-        shard = open_for_writing(folder, self.encoder, s.window_length, s.window_stride, s.source)
+        shard = open_for_writing(
+            folder, self.encoder, s.window_length, s.window_stride, s.source, task.window_mode
+        )
         try:
             check_shard_settings(s, shard.settings, folder)
             updater = self._updater(shard, progress=self.progress)

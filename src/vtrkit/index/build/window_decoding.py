@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from vtrkit.index.build.thumbnails import encode_jpeg
-from vtrkit.index.build.windows import split_windows
+from vtrkit.index.build.windows import WHOLE_CLIP_WINDOWS, plan_windows
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,14 @@ def decode_windows(
     window_stride: float,
     thumbnail_quality: int = 5,
 ) -> DecodedVideo:
-    """Split ``path`` into windows and decode each.
+    """Split ``path`` into windows (:func:`~vtrkit.index.build.windows.plan_windows`) and decode
+    each; the reference the single-pass build (:mod:`vtrkit.index.build.frame_decoding`) matches.
 
-    The first window is decoded before the duration is known (it is ``(0, length)`` for any video,
-    clipped to the duration afterwards); the container's duration then fixes the other windows.
-    Later windows that yield no frame (a truncated file whose header promises more) are dropped
-    with a warning; the video is indexed with the windows that decode.
+    The first window is decoded before the duration is known (it is ``(0, length)`` for any video
+    long enough to have several windows); the container's duration then fixes the other windows.
+    A video shorter than two windows is one window sampled over the whole video, as evaluation
+    samples a clip. Later windows that yield no frame (a truncated file whose header promises
+    more) are dropped with a warning; the video is indexed with the windows that decode.
 
     Raises ``VideoDecodeError`` when the file cannot be opened or its first window not decoded.
     """
@@ -77,7 +79,9 @@ def decode_windows(
         path, num_frames, fps, (0.0, window_length), image_size
     )
     duration = float(info.duration)
-    spans = split_windows(duration, window_length, window_stride)
+    spans = plan_windows(duration, window_length, window_stride)
+    if duration < WHOLE_CLIP_WINDOWS * window_length:
+        first_pixels, _, _ = decode.read_sampled_frames(path, num_frames, fps, None, image_size)
     frames, masks, thumbs, kept = [], [], [], []
     for i, span in enumerate(spans):
         if i == 0:

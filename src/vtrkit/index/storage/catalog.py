@@ -12,8 +12,15 @@ Merging the shards of a sharded build (:mod:`vtrkit.index.build.shard_merge`) co
 transaction (:meth:`Catalog.commit_videos`), after flushing their copied rows, with the same
 guarantee: a killed merge leaves whole chunks or nothing of them.
 
-Tables: ``videos(id, path, size, mtime_ns, hash, status, error, duration)``,
+Tables: ``videos(id, path, size, mtime_ns, hash, status, error, duration, damage)``,
 ``windows(id, video_id, start_s, end_s, row)``, ``thumbs(window_id, jpeg)``, ``meta(key, value)``.
+
+A video indexed from a damaged file (packets that do not decode, a file cut short, windows with
+fewer frames than the container announced) has status ``ok`` and its ``damage`` column says what
+is missing; :meth:`Catalog.videos_with_status` lists it as ``partial``. The column was added after
+the first indexes were built: opening an older catalog for writing adds it (NULL: not damaged),
+and read-only opens read it as NULL, so old indexes stay readable and old vtrkits still read new
+ones.
 """
 
 from __future__ import annotations
@@ -47,7 +54,8 @@ CREATE TABLE IF NOT EXISTS videos (
     hash TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
     error TEXT,
-    duration REAL
+    duration REAL,
+    damage TEXT
 );
 CREATE TABLE IF NOT EXISTS windows (
     id INTEGER PRIMARY KEY,
@@ -62,6 +70,11 @@ CREATE TABLE IF NOT EXISTS thumbs (
     jpeg BLOB NOT NULL
 );
 """
+
+
+_VIDEO_SELECT = (
+    "SELECT id, path, size, mtime_ns, hash, status, error, duration, {damage} AS damage FROM videos"
+)
 
 
 class CatalogError(RuntimeError):
@@ -89,6 +102,20 @@ class VideoRow:
     """``ok`` (windows indexed) or ``failed`` (``error`` says why)."""
     error: str | None
     duration: float | None
+    damage: str | None = None
+    """For an ``ok`` video from a damaged file: which windows or seconds are missing."""
+
+    @property
+    def condition(self) -> str:
+        """``ok``, ``partial`` (indexed, but ``damage`` says what is missing) or ``failed``."""
+        if self.status == "ok" and self.damage:
+            return "partial"
+        return self.status
+
+    @property
+    def reason(self) -> str | None:
+        """Why the video is failed or partial (None when it is fully indexed)."""
+        return self.error if self.status == "failed" else self.damage
 
 
 @dataclass(frozen=True)
@@ -120,6 +147,8 @@ class VideoRecord:
     error: str | None
     duration: float | None
     windows: Sequence[NewWindow] = ()
+    damage: str | None = None
+    """Status ``ok`` only: what the damaged file's windows miss (see :class:`VideoRow`)."""
 
 
 class Catalog:
@@ -147,8 +176,13 @@ class Catalog:
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.executescript(_SCHEMA)
+            if "damage" not in self._video_columns():
+                self._db.execute("ALTER TABLE videos ADD COLUMN damage TEXT")
             if self.get_meta("schema") is None:
                 self.set_meta({"schema": SCHEMA_VERSION, "rows": "0", "generation": "0"})
+        self._video_select = _VIDEO_SELECT.format(
+            damage="damage" if "damage" in self._video_columns() else "NULL"
+        )
         schema = self.get_meta("schema")
         if schema not in READABLE_SCHEMAS:
             raise CatalogError(
@@ -160,6 +194,10 @@ class Catalog:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def _video_columns(self) -> set[str]:
+        with self._lock:
+            return {row[1] for row in self._db.execute("PRAGMA table_info(videos)")}
 
     def __enter__(self) -> Catalog:
         return self
@@ -211,24 +249,16 @@ class Catalog:
 
     def video(self, video_id: int) -> VideoRow | None:
         with self._lock:
-            row = self._db.execute(
-                "SELECT id, path, size, mtime_ns, hash, status, error, duration FROM videos "
-                "WHERE id = ?",
-                (video_id,),
-            ).fetchone()
+            row = self._db.execute(self._video_select + " WHERE id = ?", (video_id,)).fetchone()
         return None if row is None else VideoRow(*row)
 
     def video_by_path(self, path: str) -> VideoRow | None:
         with self._lock:
-            row = self._db.execute(
-                "SELECT id, path, size, mtime_ns, hash, status, error, duration FROM videos "
-                "WHERE path = ?",
-                (path,),
-            ).fetchone()
+            row = self._db.execute(self._video_select + " WHERE path = ?", (path,)).fetchone()
         return None if row is None else VideoRow(*row)
 
     def videos(self, status: str | None = None) -> list[VideoRow]:
-        query = "SELECT id, path, size, mtime_ns, hash, status, error, duration FROM videos"
+        query = self._video_select
         args: tuple[Any, ...] = ()
         if status is not None:
             query += " WHERE status = ?"
@@ -236,6 +266,19 @@ class Catalog:
         with self._lock:
             rows = self._db.execute(query + " ORDER BY id", args).fetchall()
         return [VideoRow(*r) for r in rows]
+
+    def videos_with_status(self, *conditions: str) -> list[VideoRow]:
+        """Videos whose :attr:`VideoRow.condition` is one of ``conditions`` (``ok``,
+        ``partial``, ``failed``; all videos when none is given), by id; each row's
+        :attr:`VideoRow.reason` says why it is failed or partial.
+
+        E.g. ``videos_with_status("partial", "failed")`` is what ``vtrkit index status`` lists.
+        """
+        unknown = set(conditions) - {"ok", "partial", "failed"}
+        if unknown:
+            raise ValueError(f"unknown video status {sorted(unknown)}; use ok, partial or failed")
+        rows = self.videos()
+        return [v for v in rows if not conditions or v.condition in conditions]
 
     def windows(self, video_id: int | None = None) -> list[WindowRow]:
         query = "SELECT id, video_id, start_s, end_s, row FROM windows"
@@ -310,15 +353,21 @@ class Catalog:
     # -- writes (each one transaction) --------------------------------------------------------
 
     def commit_video(
-        self, stat: FileStat, duration: float, windows: Sequence[NewWindow], rows_end: int
+        self,
+        stat: FileStat,
+        duration: float,
+        windows: Sequence[NewWindow],
+        rows_end: int,
+        damage: str | None = None,
     ) -> int:
         """Record an indexed video (replacing any previous version of the same path).
 
         ``rows_end`` is the feature-store row count after this video's rows, which the caller has
-        already flushed. Returns the video id (kept when a changed file is re-encoded).
+        already flushed; ``damage`` says what a damaged file's windows miss (a partial video).
+        Returns the video id (kept when a changed file is re-encoded).
         """
         with self._lock, self._transaction():
-            video_id = self._commit_video(stat, duration, windows)
+            video_id = self._commit_video(stat, duration, windows, damage)
             self._set_meta({"rows": rows_end})
         return video_id
 
@@ -339,14 +388,20 @@ class Catalog:
             ids = []
             for v in videos:
                 if v.status == "ok":
-                    ids.append(self._commit_video(v.stat, v.duration or 0.0, v.windows))
+                    ids.append(self._commit_video(v.stat, v.duration or 0.0, v.windows, v.damage))
                 else:
                     ids.append(self._record_failure(v.stat, v.error or ""))
             self._set_meta({"rows": rows_end})
         return ids
 
-    def _commit_video(self, stat: FileStat, duration: float, windows: Sequence[NewWindow]) -> int:
-        video_id = self._upsert_video(stat, "ok", None, duration)
+    def _commit_video(
+        self,
+        stat: FileStat,
+        duration: float,
+        windows: Sequence[NewWindow],
+        damage: str | None = None,
+    ) -> int:
+        video_id = self._upsert_video(stat, "ok", None, duration, damage)
         self._db.execute("DELETE FROM windows WHERE video_id = ?", (video_id,))
         for w in windows:
             cur = self._db.execute(
@@ -456,20 +511,25 @@ class Catalog:
         return found.get(STORE_KEY), int(found.get("rows", 0)), int(found.get("generation", 0))
 
     def _upsert_video(
-        self, stat: FileStat, status: str, error: str | None, duration: float | None
+        self,
+        stat: FileStat,
+        status: str,
+        error: str | None,
+        duration: float | None,
+        damage: str | None = None,
     ) -> int:
         row = self._db.execute("SELECT id FROM videos WHERE path = ?", (stat.path,)).fetchone()
-        values = (stat.size, stat.mtime_ns, stat.hash, status, error, duration)
+        values = (stat.size, stat.mtime_ns, stat.hash, status, error, duration, damage)
         if row is None:
             cur = self._db.execute(
-                "INSERT INTO videos(size, mtime_ns, hash, status, error, duration, path) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO videos(size, mtime_ns, hash, status, error, duration, damage, path) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (*values, stat.path),
             )
             return int(cur.lastrowid)  # type: ignore[arg-type]
         self._db.execute(
             "UPDATE videos SET size = ?, mtime_ns = ?, hash = ?, status = ?, error = ?, "
-            "duration = ? WHERE id = ?",
+            "duration = ?, damage = ? WHERE id = ?",
             (*values, row[0]),
         )
         return int(row[0])
