@@ -25,6 +25,7 @@ from vtrkit.models.meanpool import Clip4Clip
 from vtrkit.models.temporal import TemporalEncoder
 from vtrkit.models.xclip import XClip
 from vtrkit.models.xclip_head import XClipHead
+from vtrkit.train.objectives import ContrastiveObjective
 
 B, NF, NW, S, D, VOCAB = 8, 3, 5, 4, 8, 40
 WORLD = 2
@@ -96,7 +97,8 @@ def make_batch() -> dict[str, Tensor]:
 
 
 def loss_and_grads(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    out = model(batch)
+    # The retrieval models train with the contrastive objective; the probe computes its own loss.
+    out = model(batch) if isinstance(model, PermutedUse) else ContrastiveObjective()(model, batch)
     out["loss"].backward()
     result = {"loss": out["loss"].detach()}
     for name, p in model.named_parameters():

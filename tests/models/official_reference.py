@@ -41,6 +41,31 @@ def openai_block(block: torch.nn.Module) -> dict[str, Tensor]:
     }
 
 
+_OFFICIAL_BLOCK = {
+    "in_proj_weight": "attn.in_proj_weight",
+    "in_proj_bias": "attn.in_proj_bias",
+    "out_proj_weight": "attn.out_proj.weight",
+    "out_proj_bias": "attn.out_proj.bias",
+    "ln_1_weight": "ln_1.weight",
+    "ln_1_bias": "ln_1.bias",
+    "ln_2_weight": "ln_2.weight",
+    "ln_2_bias": "ln_2.bias",
+    "c_fc_weight": "mlp.c_fc.weight",
+    "c_fc_bias": "mlp.c_fc.bias",
+    "c_proj_weight": "mlp.c_proj.weight",
+    "c_proj_bias": "mlp.c_proj.bias",
+}
+
+
+def official_blocks(sd: dict[str, Tensor], prefix: str) -> list[dict[str, Tensor]]:
+    """The blocks ``<prefix><i>.*`` of an official state dict, i = 0, 1, ..."""
+    blocks = []
+    while f"{prefix}{len(blocks)}.attn.in_proj_weight" in sd:
+        p = f"{prefix}{len(blocks)}."
+        blocks.append({name: sd[p + key] for name, key in _OFFICIAL_BLOCK.items()})
+    return blocks
+
+
 def residual_block(
     w: dict[str, Tensor], x: Tensor, mask: Tensor, heads: int, eps: float = 1e-12
 ) -> Tensor:

@@ -11,6 +11,7 @@ from vtrkit.config import BackboneConfig, ClipArch, DataConfig, ModelConfig, XCl
 from vtrkit.losses.contrastive import symmetric_infonce
 from vtrkit.models import Clip4Clip, XClip, build_model
 from vtrkit.models.pooling import masked_mean
+from vtrkit.train.objectives import ContrastiveObjective
 from vtrkit.train.optim import no_decay_parameter_names
 
 torch.set_num_threads(1)
@@ -70,7 +71,7 @@ def test_forward_backward_and_consistency(built: dict, kind: str) -> None:
     model, tokenizer = built[kind]
     model.zero_grad()
     batch = make_batch(tokenizer)
-    out = model(batch)
+    out = ContrastiveObjective()(model, batch)
     assert out["logits"].shape == (3, 3)
     torch.testing.assert_close(out["loss"], symmetric_infonce(out["logits"]))
     torch.testing.assert_close(out["logit_scale"], model.logit_scale.exp().detach())

@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 from vtrkit.config import VideoClipConfig
-from vtrkit.videoclip.model import build_videoclip, contrastive_loss, pool_tokens
+from vtrkit.losses.contrastive import contrastive_loss
+from vtrkit.train.objectives import VideoClipObjective
+from vtrkit.videoclip.model import build_videoclip, pool_tokens
 
 TINY = {"hidden": 32, "heads": 4, "text_layers": 2, "video_layers": 2, "d_in": 12}
 
@@ -134,14 +136,14 @@ def test_loss_matches_a_naive_infonce_and_trains_both_towers():
         "input_ids": torch.randint(5, 50, (4, 7)),
         "text_mask": torch.ones(4, 7, dtype=torch.bool),
     }
-    out = model(batch)
+    out = VideoClipObjective()(model, batch)
     assert out["logits"].shape == (4, 4)
     # τ = 1: the logits are the raw dot products of the pooled features.
     model.eval()
     with torch.no_grad():
         t = model.encode_text(batch["input_ids"], batch["text_mask"])
         v = model.encode_video(batch["video_feats"], batch["video_mask"])
-        again = model(batch)
+        again = VideoClipObjective()(model, batch)
     assert torch.allclose(again["logits"], t @ v.T, atol=1e-5)
     target = torch.arange(4)
     expected = (F.cross_entropy(t @ v.T, target) + F.cross_entropy(v @ t.T, target)) / 2

@@ -7,7 +7,11 @@ Supported formats (``detect_format`` tells them apart):
   (possibly prefixed ``module.`` or nested under ``state_dict``) and ``.safetensors``; also an
   open_clip Hub folder holding ``open_clip_model.safetensors`` / ``open_clip_pytorch_model.bin``;
 * a Hugging Face folder (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``),
-  loaded with ``local_files_only``.
+  loaded with ``local_files_only``;
+* an official X-CLIP / CLIP4Clip fine-tuned checkpoint (``pytorch_model.bin.<epoch>``): its CLIP
+  towers are the keys under ``clip.``; the rest (temporal encoder, head) is not a backbone's and
+  is left out with a log line (load the whole model through :mod:`vtrkit.checkpoint`);
+* a name resolved through the local Hugging Face cache (:mod:`vtrkit.backbones.hub`).
 
 State dicts are converted with :func:`vtrkit.backbones.convert.openai_to_hf`; their architecture is
 inferred from shapes. Missing tower weights are an error, unexpected keys a logged warning, and
@@ -38,6 +42,7 @@ from vtrkit.backbones.convert import (
     openai_name,
     openai_to_hf,
 )
+from vtrkit.backbones.hub import resolve_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +102,8 @@ def read_state_dict(source: CheckpointSource) -> dict[str, Tensor]:
     """Tensors of an OpenAI/open_clip checkpoint under OpenAI key names, on the CPU.
 
     Unwraps ``{"state_dict": ...}``, strips a ``module.`` prefix (DistributedDataParallel) and
-    drops the hyper-parameter entries OpenAI archives carry (input_resolution, ...).
+    drops the hyper-parameter entries OpenAI archives carry (input_resolution, ...). An official
+    X-CLIP/CLIP4Clip fine-tuned state dict (towers under ``clip.``) gives its towers only.
     """
     path = source.path
     if source.format is CheckpointFormat.TORCHSCRIPT:
@@ -146,7 +152,30 @@ def _normalise(raw: object, path: Path) -> dict[str, Tensor]:
                 "training checkpoint? Its weights should be under 'state_dict'"
             )
         out[name] = value
-    return out
+    return _clip_towers_of_finetuned(out, path)
+
+
+def _clip_towers_of_finetuned(sd: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
+    """The ``clip.*`` towers of an official fine-tuned state dict; other state dicts unchanged."""
+    if "clip.visual.conv1.weight" not in sd or "visual.conv1.weight" in sd:
+        return sd
+    towers = {
+        k.removeprefix("clip."): v
+        for k, v in sd.items()
+        if k.startswith("clip.") and k.removeprefix("clip.") not in _NON_WEIGHTS
+    }
+    rest = sorted(k for k in sd if not k.startswith("clip."))
+    logger.info(
+        "%s: an official X-CLIP/CLIP4Clip fine-tuned checkpoint; using its CLIP towers (clip.*) "
+        "as the backbone and leaving out %d keys of its temporal encoder and head (%s%s); to "
+        "use the whole fine-tuned model give the file as a checkpoint (vtrkit eval, "
+        "load_model(checkpoint=...)) or convert it with `vtrkit convert`",
+        path,
+        len(rest),
+        ", ".join(rest[:4]),
+        ", ..." if len(rest) > 4 else "",
+    )
+    return towers
 
 
 def load_hf_state_dict(model: CLIPModel, sd: Mapping[str, Tensor], source: str) -> None:
@@ -249,12 +278,13 @@ def load_clip_model(
     vision_heads: int | None = None,
     text_heads: int | None = None,
 ) -> CLIPModel:
-    """Load any supported CLIP checkpoint (see module docstring) as a float32 ``CLIPModel``.
+    """Load any supported CLIP checkpoint or backbone name (see module docstring) as a float32
+    ``CLIPModel``.
 
     ``hidden_act`` and the head counts apply to state dicts only, which do not record them;
     Hugging Face folders use their config.json.
     """
-    source = detect_format(path)
+    source = detect_format(resolve_backbone(path))
     if source.format is CheckpointFormat.HF_FOLDER:
         return load_hf_folder(source.path)
     return load_state_dict_checkpoint(source, hidden_act, vision_heads, text_heads)

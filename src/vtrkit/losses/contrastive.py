@@ -91,3 +91,13 @@ def gather_with_grad(x: Tensor) -> Tensor:
     dist.all_gather(parts, src)
     out = torch.cat(parts, dim=0)
     return out.bool() if is_bool else out
+
+
+def contrastive_loss(logits: Tensor, text_to_video_only: bool = False) -> Tensor:
+    """InfoNCE with temperature 1 on [B, B] logits whose diagonal holds the positives.
+
+    Symmetric (mean of text→video and video→text cross-entropy) unless ``text_to_video_only``.
+    """
+    if not text_to_video_only:
+        return symmetric_infonce(logits)
+    return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))

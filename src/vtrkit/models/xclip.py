@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vtrkit.losses.contrastive import gather_with_grad, symmetric_infonce
 from vtrkit.models.base import TextFeatures, VideoFeatures
 from vtrkit.models.meanpool import Clip4Clip
 from vtrkit.models.pooling import masked_mean
@@ -51,28 +50,3 @@ class XClip(Clip4Clip):
         prepared = self.head.prepare(video.video, video.frames, video.mask)
         scores = self.head(text.sentence, text.words, text.mask, prepared, text_block)
         return self.logit_scale.exp() * scores
-
-    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Symmetric InfoNCE on the global batch's X-CLIP logits.
-
-        Returns ``loss``, ``logits`` [B, B] (global batch, λ applied) and ``logit_scale``
-        (λ, detached).
-        """
-        text = self.encode_text(batch["input_ids"], batch["text_mask"])
-        video = self.encode_video(batch["frames"], batch["video_mask"])
-        text = TextFeatures(
-            gather_with_grad(text.sentence),
-            gather_with_grad(text.words),
-            gather_with_grad(text.mask),
-        )
-        video = VideoFeatures(
-            gather_with_grad(video.video),
-            gather_with_grad(video.frames),
-            gather_with_grad(video.mask),
-        )
-        logits = self.similarity(text, video)
-        return {
-            "loss": symmetric_infonce(logits),
-            "logits": logits,
-            "logit_scale": self.logit_scale.detach().exp(),
-        }

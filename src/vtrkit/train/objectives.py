@@ -20,7 +20,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from vtrkit.losses.contrastive import gather_with_grad, symmetric_infonce
+from vtrkit.losses.contrastive import contrastive_loss, gather_with_grad, symmetric_infonce
 from vtrkit.models.base import RetrievalModel, TextFeatures, VideoFeatures
 
 LOGIT_SCALE_MAX = 4.6052
@@ -88,7 +88,8 @@ class ContrastiveObjective:
     def __call__(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         _, _, text, video = encode_gathered(model, batch)  # type: ignore[arg-type]
         logits = model.similarity(text, video)  # type: ignore[operator]
-        return {"loss": symmetric_infonce(logits), "logits": logits}
+        scale = model.logit_scale.detach().exp()  # type: ignore[union-attr]
+        return {"loss": symmetric_infonce(logits), "logits": logits, "logit_scale": scale}
 
     def after_step(self, model: nn.Module) -> None:
         clamp_logit_scale(model)
@@ -115,17 +116,7 @@ class VideoClipObjective:
         if not self.gather and "group" in batch:
             group = batch["group"]
             logits = logits.masked_fill(group[:, None] != group[None, :], float("-inf"))
-        return {"loss": videoclip_infonce(logits, self.text_to_video_only), "logits": logits}
+        return {"loss": contrastive_loss(logits, self.text_to_video_only), "logits": logits}
 
     def after_step(self, model: nn.Module) -> None:
         """Nothing: VideoCLIP has no logit scale (τ = 1)."""
-
-
-def videoclip_infonce(logits: Tensor, text_to_video_only: bool = False) -> Tensor:
-    """InfoNCE with τ = 1 on [B, B] logits whose diagonal holds the positives; -inf entries
-    (other groups) are no candidates. Symmetric unless ``text_to_video_only``."""
-    target = torch.arange(logits.shape[0], device=logits.device)
-    t2v = nn.functional.cross_entropy(logits, target)
-    if text_to_video_only:
-        return t2v
-    return (t2v + nn.functional.cross_entropy(logits.T, target)) / 2

@@ -18,12 +18,10 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoModel, BertConfig, BertModel, PreTrainedModel
 
 from vtrkit.config import VideoClipConfig
-from vtrkit.losses.contrastive import gather_with_grad, symmetric_infonce
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +90,6 @@ class VideoClipModel(nn.Module):
         token_mlp: TokenMLP,
         video_cls_id: int,
         video_sep_id: int,
-        text_to_video_only: bool = False,
-        gather: bool = False,
     ) -> None:
         super().__init__()
         self.text_encoder = text_encoder
@@ -103,8 +99,6 @@ class VideoClipModel(nn.Module):
         self.token_mlp = token_mlp
         self.video_cls_id = video_cls_id
         self.video_sep_id = video_sep_id
-        self.text_to_video_only = text_to_video_only
-        self.gather = gather
 
     @property
     def hidden_size(self) -> int:
@@ -152,30 +146,10 @@ class VideoClipModel(nn.Module):
         """Dot-product scores [T, V] of pooled text [T, H] and video [V, H]."""
         return text @ video.T
 
-    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Batch of aligned pairs (``video_feats``, ``video_mask``, ``input_ids``, ``text_mask``)
-        → ``loss`` (InfoNCE, τ = 1) and ``logits`` [B, B] (rows texts, columns videos)."""
-        text = self.encode_text(batch["input_ids"], batch["text_mask"])
-        video = self.encode_video(batch["video_feats"], batch["video_mask"])
-        if self.gather:
-            text, video = gather_with_grad(text), gather_with_grad(video)
-        logits = self.similarity(text, video)
-        return {"loss": contrastive_loss(logits, self.text_to_video_only), "logits": logits}
-
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone, new). The frozen feature extractor lives outside the model, so every
         parameter here trains at the "new" learning rate, as VideoCLIP trains all of them alike."""
         return [], [p for p in self.parameters() if p.requires_grad]
-
-
-def contrastive_loss(logits: Tensor, text_to_video_only: bool = False) -> Tensor:
-    """InfoNCE with temperature 1 on [B, B] logits whose diagonal holds the positives.
-
-    Symmetric (mean of text→video and video→text cross-entropy) unless ``text_to_video_only``.
-    """
-    if not text_to_video_only:
-        return symmetric_infonce(logits)
-    return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
 
 
 def load_text_encoder(folder: Path) -> PreTrainedModel:
@@ -271,6 +245,4 @@ def build_videoclip(
         token_mlp=TokenMLP(cfg.d_in, hidden),
         video_cls_id=video_cls,
         video_sep_id=video_sep,
-        text_to_video_only=cfg.text_to_video_only,
-        gather=cfg.gather,
     )
