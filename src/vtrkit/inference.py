@@ -310,20 +310,22 @@ def load_backbone_for_index(
     batch_size: int = 16,
     precision: Precision = "fp32",
 ) -> ModelEncoder:
-    """Zero-shot encoder: the CLIP checkpoint at ``backbone`` with mean pooling over frames."""
+    """Zero-shot encoder: the CLIP backbone ``backbone`` with mean pooling over frames.
+
+    ``backbone`` is a local checkpoint (OpenAI .pt, open_clip state dict, Hugging Face folder, or
+    an official X-CLIP/CLIP4Clip file, whose ``clip.*`` towers are used), or a Hub id / OpenAI
+    name resolved through the local Hugging Face cache (:mod:`vtrkit.backbones.hub`).
+    """
+    from vtrkit.backbones.hub import resolve_backbone
     from vtrkit.models.build import build_model
 
-    path = Path(backbone)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"CLIP checkpoint {path} not found (--backbone): give an OpenAI .pt, an open_clip "
-            "state dict or a Hugging Face folder"
-        )
+    path = resolve_backbone(backbone)  # raises FileNotFoundError naming what to give or fetch
     cfg = zero_shot_config(path, num_frames, image_size, fps)
     model, tokenizer = build_model(cfg.model, cfg.data)
     source = {
         "kind": "backbone",
         "path": str(path.resolve()),
+        "name": str(backbone),
         "num_frames": num_frames,
         "image_size": image_size,
         "fps": fps,
