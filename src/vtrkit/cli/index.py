@@ -72,11 +72,13 @@ def _quiet(own_info: bool = False) -> Iterator[None]:
     if _verbose():
         yield
         return
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
+    ours_env = [key for key in QUIET_ENV if key not in os.environ]
+    os.environ.update({key: QUIET_ENV[key] for key in ours_env})
+    hf_logging = None
     if "transformers" in sys.modules:  # already imported: the variables were read
         from transformers.utils import logging as hf_logging
 
+        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
     ours = logging.getLogger("vtrkit")
@@ -87,6 +89,13 @@ def _quiet(own_info: bool = False) -> Iterator[None]:
         yield
     finally:
         ours.setLevel(level)
+        # Leave an embedding process (or a test session) as it was.
+        for key in ours_env:
+            os.environ.pop(key, None)
+        if hf_logging is not None:
+            hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
 
 
 def _print_outcome(
