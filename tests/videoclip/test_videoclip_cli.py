@@ -111,12 +111,12 @@ def test_features_train_and_eval_commands(tmp_path: Path):
     result = runner.invoke(app, ["videoclip-train", str(config)])
     assert result.exit_code == 0, result.output
     assert (run / "last").is_dir() and (run / "tokenizer" / "tokenizer.json").is_file()
-    per_epoch = int(result.output.split()[0]) // 2
+    per_epoch = int(_steps_line(result.output).split()[0]) // 2
     # --resume continues from last/ (2 epochs done): one more epoch's steps.
     more = ["--set", "train.epochs=3", "--resume"]
     result = runner.invoke(app, ["videoclip-train", str(config), *more])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith(f"{3 * per_epoch} steps")
+    assert _steps_line(result.output).startswith(f"{3 * per_epoch} steps")
     logged = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in logged if "loss" in r]
     assert steps == list(range(1, 3 * per_epoch + 1))
@@ -142,3 +142,10 @@ def test_features_train_and_eval_commands(tmp_path: Path):
     assert result.exit_code == 0, result.output
     metrics = json.loads(out_json.read_text())
     assert 0.0 <= metrics["loc/frame_acc"] <= 100.0 and metrics["t2v/R@1"] >= 0.0
+
+
+def _steps_line(output: str) -> str:
+    """The "N steps in S s" summary (progress bars may come before it on the same line)."""
+    import re
+
+    return re.search(r"\d+ steps in .*", output).group(0)

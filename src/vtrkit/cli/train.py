@@ -28,9 +28,10 @@ def train(
     resume: bool = typer.Option(False, help="Continue from <output_dir>/last if it exists."),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
 ) -> None:
-    """Train a model; launch with ``torchrun --nproc-per-node N`` for several processes."""
+    """Train a model of any kind (CLIP4Clip, X-CLIP, CLIP2TV; VideoCLIP on stored features);
+    launch with ``torchrun --nproc-per-node N`` for several processes. ``--resume`` continues
+    from ``<output_dir>/last`` exactly, mid-epoch included."""
     from vtrkit.data.datasets import AnnotationError
-    from vtrkit.eval.report import format_results_table
     from vtrkit.train.pipeline import train_run
 
     try:
@@ -39,9 +40,31 @@ def train(
         result = train_run(cfg, resume=resume, device=device)
     except (ConfigError, AnnotationError) as exc:
         _fail(str(exc))
-    if result.last_eval is not None and int(os.environ.get("RANK", "0")) == 0:
-        typer.echo(format_results_table(result.last_eval, title=f"{cfg.name}: final evaluation"))
-        typer.echo(f"run folder: {result.run_dir}  (best checkpoint: {result.run_dir / 'best'})")
+    except (ValueError, FileNotFoundError) as exc:
+        if cfg.model.kind != "videoclip":  # VideoCLIP's feature problems are the user's to fix
+            raise
+        _fail(str(exc))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    typer.echo(f"{result.steps} steps in {result.seconds:.0f} s")
+    if result.stopped_by_budget:
+        typer.secho(
+            f"note: train.time_budget_s stopped training at step {result.steps} of "
+            f"{result.total_steps}; these numbers are not the recipe's",
+            fg=typer.colors.YELLOW,
+        )
+    if result.last_eval is not None:
+        typer.echo(_results_text(result.last_eval, f"{cfg.name}: final evaluation"))
+    typer.echo(f"run folder: {result.run_dir}  (best checkpoint: {result.run_dir / 'best'})")
+
+
+def _results_text(results: dict, title: str) -> str:
+    """The retrieval table, or VideoCLIP's zero-shot metrics as JSON."""
+    from vtrkit.eval.report import format_results_table
+
+    if "raw" not in results:
+        return json.dumps(results, indent=1)
+    return format_results_table(results, title=title)
 
 
 def evaluate(
@@ -52,17 +75,17 @@ def evaluate(
     output: Path = typer.Option(None, "--json", help="Write the results as JSON here."),
     device: str = typer.Option(None, help="cpu or cuda."),
 ) -> None:
-    """Evaluate a checkpoint: R@1/5/10, MdR, MnR in both directions, raw and DSL (labelled)."""
+    """Evaluate a checkpoint: R@1/5/10, MdR, MnR in both directions, raw and DSL (labelled);
+    a VideoCLIP checkpoint: zero-shot retrieval, QA and step localisation."""
     from vtrkit.checkpoint import config_for_checkpoint
-    from vtrkit.eval.report import format_results_table
     from vtrkit.train.pipeline import evaluate_checkpoint
 
     try:
         cfg = config_for_checkpoint(checkpoint, config, set_)
         results = evaluate_checkpoint(checkpoint, split, cfg, device=device, output=output)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
-    typer.echo(format_results_table(results, title=f"{checkpoint} on {results['split']}"))
+    typer.echo(_results_text(results, f"{checkpoint} on {results.get('split', split)}"))
     if output is not None:
         typer.echo(f"results written to {output}")
 

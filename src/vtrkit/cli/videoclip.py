@@ -1,9 +1,9 @@
-"""VideoCLIP commands: ``vtrkit features``, ``vtrkit videoclip-train``, ``vtrkit videoclip-eval``."""
+"""VideoCLIP commands: ``vtrkit features``; ``videoclip-train`` / ``videoclip-eval`` are aliases of
+``vtrkit train`` / ``vtrkit eval``, which handle ``model.kind: videoclip``."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import typer
@@ -99,23 +99,10 @@ def videoclip_train(
     ),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
 ) -> None:
-    """Train VideoCLIP on stored features; evaluate zero-shot on the validation split.
+    """Alias of ``vtrkit train`` for a VideoCLIP config (kept for older scripts)."""
+    from vtrkit.cli.train import train
 
-    ``last/`` is written every epoch, every ``train.checkpoint_every`` steps and when
-    ``train.time_budget_s`` runs out; ``--resume`` continues from it exactly.
-    """
-    from vtrkit.videoclip.train import run_videoclip
-
-    try:
-        cfg = load_config(config, set_)
-        result, metrics = run_videoclip(cfg, device=device, resume=resume)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
-    typer.echo(f"{result.steps} steps in {result.seconds:.0f} s; run folder {result.run_dir}")
-    if metrics is not None:
-        typer.echo(json.dumps(metrics, indent=1))
+    train(config, set_, resume, device)
 
 
 def videoclip_eval(
@@ -126,16 +113,7 @@ def videoclip_eval(
     output: Path = typer.Option(None, "--json", help="Write the results as JSON here."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
 ) -> None:
-    """Zero-shot retrieval, multiple-choice QA and step localisation of a trained VideoCLIP."""
-    from vtrkit.checkpoint import config_for_checkpoint
-    from vtrkit.videoclip.train import evaluate_videoclip_checkpoint
+    """Alias of ``vtrkit eval`` for a VideoCLIP checkpoint (kept for older scripts)."""
+    from vtrkit.cli.train import evaluate
 
-    try:
-        cfg = config_for_checkpoint(checkpoint, config, set_)
-        metrics = evaluate_videoclip_checkpoint(checkpoint, split, cfg, device)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
-    text = json.dumps(metrics, indent=1)
-    typer.echo(text)
-    if output is not None:
-        output.write_text(text + "\n")
+    evaluate(checkpoint, config, set_, split, output, device)

@@ -165,7 +165,10 @@ def evaluate_checkpoint(
     if cfg.model.kind == "videoclip":
         from vtrkit.videoclip.train import evaluate_videoclip_checkpoint
 
-        return evaluate_videoclip_checkpoint(folder, split, cfg, str(info.device))
+        del model
+        metrics = evaluate_videoclip_checkpoint(folder, split, cfg, str(info.device))
+        _write_json(metrics, output)
+        return metrics
     split = split or cfg.data.test_split
     records = read_dataset(cfg.data, split)
     subsets = load_subsets(cfg) if split == cfg.data.test_split else {}
@@ -173,8 +176,12 @@ def evaluate_checkpoint(
         results = run_evaluation(cfg, model, tokenizer, records, info.device, subsets, progress)
     results["checkpoint"] = str(folder)
     results["split"] = split
+    _write_json(results, output)
+    log.debug("\n%s", format_results_table(results, title=f"{cfg.name} on {split}"))
+    return results
+
+
+def _write_json(results: dict[str, Any], output: Path | None) -> None:
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2))
-    log.debug("\n%s", format_results_table(results, title=f"{cfg.name} on {split}"))
-    return results
