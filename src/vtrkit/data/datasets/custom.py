@@ -1,7 +1,7 @@
 """A user's own captions: CSV (header) or JSONL rows of ``video, caption[, start, end][, split]``.
 
 ``video`` is a path, absolute or relative to ``video_dir`` (default: the annotation file's
-folder); the extension may be left out. ``start``/``end`` (seconds, both or neither) restrict the
+folder), or a file name found anywhere below that folder; the extension may be left out. ``start``/``end`` (seconds, both or neither) restrict the
 caption to a clip of the video. Rows naming the same file and window become one multi-caption
 record whose id is the video as first written, plus ``#start-end`` for a window. ``split`` names
 the split of a row; a file with no split information at all serves every split (so evaluating on
@@ -22,9 +22,9 @@ from typing import Any
 from vtrkit.data.datasets.files import (
     AnnotationError,
     attach_videos,
-    find_video,
     read_text,
     require_rows,
+    video_folder,
     warn_bad_row,
 )
 from vtrkit.data.records import VideoRecord
@@ -92,6 +92,7 @@ def read_custom(annotation: Path, split: str, video_dir: Path | None = None) -> 
         logger.info("%s has no split column: all rows are used for split %r", path, split)
     groups: dict[tuple[str, tuple[float, float] | None], VideoRecord] = {}
     pending = []
+    folder = video_folder(base)  # one walk for every row
     for line, row in rows:
         video = str(row.get("video") or "").strip()
         caption = str(row.get("caption") or "").strip()
@@ -110,7 +111,7 @@ def read_custom(annotation: Path, split: str, video_dir: Path | None = None) -> 
             warn_bad_row(path, line, str(exc))
             continue
         # Group by the file actually found, so "a.mp4" and "a" on two rows are one video.
-        found = find_video(base, [video])
+        found = folder.find([video])
         key = (str(found) if found is not None else video, window)
         if key in groups:
             groups[key].captions.append(caption)
@@ -119,4 +120,4 @@ def read_custom(annotation: Path, split: str, video_dir: Path | None = None) -> 
         groups[key] = VideoRecord(vid, Path(), [caption], split, window=window)
         pending.append((groups[key], [video]))
     require_rows(len(pending), path, split)
-    return attach_videos(pending, base, path)
+    return attach_videos(pending, base, path, folder)
