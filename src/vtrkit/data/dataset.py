@@ -67,15 +67,12 @@ def frames_from_uint8(
     from vtrkit.data import transforms
 
     pixels = torch.as_tensor(np.asarray(frames))
-    count = pixels.shape[0]
-    if count > num_frames:
-        raise ValueError(f"{count} frames cannot fit {num_frames} slots")
-    out = torch.zeros(num_frames, 3, size, size, dtype=torch.float32)
-    mask = torch.zeros(num_frames, dtype=torch.bool)
-    if count:
-        out[:count] = transforms.preprocess(pixels, size)
-        mask[:count] = True
-    return out, mask
+    if pixels.shape[0] > num_frames:
+        raise ValueError(f"{pixels.shape[0]} frames cannot fit {num_frames} slots")
+    images = (
+        transforms.preprocess(pixels, size) if pixels.shape[0] else torch.empty(0, 3, size, size)
+    )
+    return transforms.pad_clip(images, num_frames)
 
 
 def collate(items: Sequence[Item | None]) -> dict[str, Tensor] | None:

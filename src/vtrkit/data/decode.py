@@ -40,7 +40,7 @@ from vtrkit.data.sampling import (
     interval_of,
     sample_frame_indices,
 )
-from vtrkit.data.transforms import Orientation, resize_and_crop, to_model_input
+from vtrkit.data.transforms import Orientation, pad_clip, resize_and_crop, to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -483,14 +483,11 @@ def load_frames(
     :class:`VideoDecodeError` rather than returning a clip without real frames.
     """
     images, _, info = read_sampled_frames(path, num_frames, fps, window, size)
-    count = images.shape[0]
-    frames = torch.zeros(num_frames, 3, size, size, dtype=torch.float32)
     if normalize:
-        frames[:count] = to_model_input(images)
+        scaled = to_model_input(images)
     else:
-        frames[:count] = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-    mask = torch.zeros(num_frames, dtype=torch.bool)
-    mask[:count] = True
+        scaled = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+    frames, mask = pad_clip(scaled, num_frames)
     return frames, mask, info
 
 

@@ -124,6 +124,23 @@ def preprocess(frames: Tensor, size: int) -> Tensor:
     return to_model_input(resize_and_crop(frames, size))
 
 
+def pad_clip(images: Tensor, num_frames: int) -> tuple[Tensor, Tensor]:
+    """Model input of one clip, padded to Nf slots (SPEC §0): the one padding rule of vtrkit.
+
+    images: [n, 3, S, S] float32 preprocessed frames, n <= num_frames. Returns (frames float32
+    [Nf, 3, S, S], mask bool [Nf]): the n real frames first, then all-zero slots (a zero image
+    after normalisation, never a zero feature) with ``mask`` False.
+    """
+    count = images.shape[0]
+    if count > num_frames:
+        raise ValueError(f"{count} frames cannot fit {num_frames} slots")
+    frames = images.new_zeros((num_frames, *images.shape[1:]), dtype=torch.float32)
+    frames[:count] = images
+    mask = torch.zeros(num_frames, dtype=torch.bool)
+    mask[:count] = True
+    return frames, mask
+
+
 @dataclass(frozen=True)
 class Orientation:
     """The lossless transform that turns a stored frame upright, as a display matrix describes it.

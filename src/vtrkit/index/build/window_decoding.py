@@ -42,14 +42,9 @@ class DecodedVideo:
 
 def _pad(pixels: Tensor, num_frames: int, size: int) -> tuple[Tensor, Tensor]:
     """uint8 [n, S, S, 3] -> (normalised [Nf, 3, S, S], mask [Nf]); real frames first."""
-    from vtrkit.data.transforms import to_model_input
+    from vtrkit.data.transforms import pad_clip, to_model_input
 
-    out = torch.zeros(num_frames, 3, size, size, dtype=torch.float32)
-    mask = torch.zeros(num_frames, dtype=torch.bool)
-    count = pixels.shape[0]
-    out[:count] = to_model_input(pixels)
-    mask[:count] = True
-    return out, mask
+    return pad_clip(to_model_input(pixels), num_frames)
 
 
 def decode_windows(
