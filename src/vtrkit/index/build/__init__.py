@@ -1,0 +1,1 @@
+"""Index building: decoding, windows, thumbnails, the torchrun build and the shard merge."""
