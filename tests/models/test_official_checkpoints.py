@@ -9,6 +9,7 @@ directly to the official keys, so a mapping that swapped two matrices could not 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -251,3 +252,29 @@ def test_backbone_from_an_official_file_uses_its_clip_towers(tmp_path, caplog) -
     pooled = (F.normalize(clip, dim=-1) * video_mask[..., None]).sum(1)
     torch.testing.assert_close(got_video.video, F.normalize(pooled, dim=-1), atol=1e-6, rtol=0)
     assert math.isclose(encoder.model.logit_scale.item(), model.logit_scale.item())
+
+
+def test_vtrkit_eval_scores_an_official_output_folder_as_its_vtrkit_twin(tmp_path) -> None:
+    """The command itself on a small synthetic test split (data named by --set): the official
+    folder and a vtrkit checkpoint of the same model give the same metrics."""
+    from vtrkit.data.synthetic import generate
+    from vtrkit.train.checkpoint import save_checkpoint
+
+    data = tmp_path / "synthetic"
+    generate(data, n_train=2, n_test=6, n_long=0, seed=1, workers=1)
+    model, _ = trained_like("xclip")
+    official = write_official(tmp_path / "ckpt_xclip", model, epoch=0)
+    twin = load_checkpoint_config(official)
+    save_checkpoint(tmp_path / "twin", model, twin)
+    _register_all()
+    results = {}
+    for name, target in (("official", tmp_path / "ckpt_xclip"), ("twin", tmp_path / "twin")):
+        out = tmp_path / f"{name}.json"
+        args = ["eval", str(target), "--set", f"data.root={data}", "--json", str(out)]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        results[name] = json.loads(out.read_text())
+    assert results["official"]["checkpoint"] == str(official)
+    assert results["official"]["num_videos"] == 6
+    assert results["official"]["raw"] == results["twin"]["raw"]
+    assert results["official"]["dsl"] == results["twin"]["dsl"]
