@@ -25,14 +25,36 @@ class DistInfo:
         return self.world_size > 1
 
 
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process stands in a ``torchrun`` launch (all zeros and one outside it): the one
+    reader of torchrun's environment, used by training, the sharded index build and features."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> DistEnv:
+        """Read torchrun's ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``."""
+        return cls(
+            rank=int(os.environ.get("RANK", "0")),
+            world_size=int(os.environ.get("WORLD_SIZE", "1")),
+            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        )
+
+    @property
+    def sharded(self) -> bool:
+        return self.world_size > 1
+
+
 def setup(device: str | None = None) -> DistInfo:
     """Join the process group when launched by ``torchrun`` (WORLD_SIZE > 1), else single process.
 
     ``device`` forces "cpu" or "cuda"; by default CUDA is used when available.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    env = DistEnv.from_env()
+    world, rank, local_rank = env.world_size, env.rank, env.local_rank
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     if use_cuda:
         torch.cuda.set_device(local_rank)

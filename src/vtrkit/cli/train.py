@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import typer
 
 from vtrkit.config import ConfigError, load_config
+from vtrkit.distributed import DistEnv
 
 
 def register(app: typer.Typer) -> None:
@@ -44,7 +44,7 @@ def train(
         if cfg.model.kind != "videoclip":  # VideoCLIP's feature problems are the user's to fix
             raise
         _fail(str(exc))
-    if int(os.environ.get("RANK", "0")) != 0:
+    if DistEnv.from_env().rank != 0:
         return
     typer.echo(f"{result.steps} steps in {result.seconds:.0f} s")
     if result.stopped_by_budget:

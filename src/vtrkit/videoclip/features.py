@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from vtrkit.distributed import DistEnv
+
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.json"
@@ -164,8 +166,9 @@ def save_features(root: Path, video_id: str, features: np.ndarray) -> FeatureEnt
 
 
 def shard_from_env() -> tuple[int, int]:
-    """(rank, world_size) from torchrun's ``RANK`` / ``WORLD_SIZE``; (0, 1) otherwise."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    """(rank, world_size) of this process in a torchrun launch; (0, 1) otherwise."""
+    env = DistEnv.from_env()
+    return env.rank, env.world_size
 
 
 def videos_in_folder(folder: Path, extensions: Iterable[str]) -> dict[str, Path]:

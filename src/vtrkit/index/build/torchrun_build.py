@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
@@ -48,6 +47,7 @@ from typing import Any, Protocol
 
 import torch
 
+from vtrkit.distributed import DistEnv
 from vtrkit.index.build.frame_decoding import WindowMode
 from vtrkit.index.build.incremental import (
     BuildReport,
@@ -80,28 +80,6 @@ slowest one, which may take hours; a rank that dies makes torchrun stop the othe
 
 class ShardedBuildError(RuntimeError):
     """Another process of a sharded build failed (its own error names the cause)."""
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    """Where this process stands in a ``torchrun`` launch (all zeros and one outside it)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls) -> DistEnv:
-        """Read torchrun's ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``."""
-        return cls(
-            rank=int(os.environ.get("RANK", "0")),
-            world_size=int(os.environ.get("WORLD_SIZE", "1")),
-            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-        )
-
-    @property
-    def sharded(self) -> bool:
-        return self.world_size > 1
 
 
 def resolve_device(requested: str | None, env: DistEnv) -> str:
