@@ -31,3 +31,41 @@ def test_demo_config_keeps_the_recipe_budget_unless_given(tmp_path: Path) -> Non
     assert kept.train.time_budget_s is not None and kept.train.time_budget_s > 60
     assert given.train.time_budget_s == 12.5
     assert kept.data.frame_cache == tmp_path / "d" / "cache"
+
+
+def test_the_wheel_ships_the_demo_recipe(tmp_path: Path) -> None:
+    """``vtrkit demo`` must work from an installed wheel: its recipe is package data."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from vtrkit.demo import DEMO_CONFIG
+
+    repo = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"
+    shutil.copytree(repo / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(repo / name, source / name)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(source),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = (tmp_path / "dist").glob("vtrkit-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "vtrkit/demo.yaml" in names
+    assert DEMO_CONFIG.parent.name == "vtrkit"
+    # The checkout's configs/demo.yaml is the same file.
+    assert (repo / "configs" / "demo.yaml").resolve() == DEMO_CONFIG.resolve()

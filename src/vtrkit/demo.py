@@ -23,7 +23,9 @@ from vtrkit.data.records import VideoRecord
 
 log = logging.getLogger(__name__)
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parent / "demo.yaml"
+"""The demo recipe, shipped inside the package (``configs/demo.yaml`` in a checkout links to it),
+so ``vtrkit demo`` works from an installed wheel."""
 DEMO_TRAIN_VIDEOS = 6000
 """Training videos in the demo's synthetic set. At a fixed number of optimiser steps the tiny
 model generalises much better from more distinct videos (460 steps: 2,000 videos -> 7.6 % t2v
@@ -34,9 +36,7 @@ DEMO_TEST_VIDEOS = 1000
 def demo_config(data: Path, out: Path, budget_s: float | None, overrides: list[str]) -> Config:
     """configs/demo.yaml with the data and run folders (and the time budget, unless None)."""
     if not DEMO_CONFIG.is_file():
-        raise FileNotFoundError(
-            f"{DEMO_CONFIG} not found: run the demo from a checkout of the vtrkit repository"
-        )
+        raise FileNotFoundError(f"{DEMO_CONFIG} not found: the vtrkit installation is incomplete")
     base = [
         f"data.root={data}",
         f"data.frame_cache={data / 'cache'}",
