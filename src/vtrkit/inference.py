@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from copy import deepcopy
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -96,9 +97,12 @@ def _reduced_copy(model: RetrievalModel, precision: str) -> torch.nn.Module:
     copy = deepcopy(model)
     if precision == "bf16":
         return copy.to(torch.bfloat16)
-    from torch.ao.quantization import quantize_dynamic
+    with warnings.catch_warnings():
+        # torch marks its eager quantization API deprecated; it still works on the CPU.
+        warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
+        from torch.ao.quantization import quantize_dynamic
 
-    return quantize_dynamic(copy.cpu(), {torch.nn.Linear}, dtype=torch.qint8)
+        return quantize_dynamic(copy.cpu(), {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def _hash_tensor(h: Any, name: str, tensor: Tensor) -> None:

@@ -217,6 +217,7 @@ class FramePipeline(Generic[J]):
         if not batch:
             return
         assert self.frame_path is not None
+        self._padding_feature()  # first, so that batches keep their size
         images = torch.stack([frame.image for _, frame in batch])
         features = self.frame_path.encode_frame_images(images)
         self.frames_encoded += len(batch)
