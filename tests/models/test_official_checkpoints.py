@@ -278,3 +278,22 @@ def test_vtrkit_eval_scores_an_official_output_folder_as_its_vtrkit_twin(tmp_pat
     assert results["official"]["num_videos"] == 6
     assert results["official"]["raw"] == results["twin"]["raw"]
     assert results["official"]["dsl"] == results["twin"]["dsl"]
+
+
+def test_an_output_folder_without_log_uses_the_last_epoch(tmp_path, caplog) -> None:
+    first, tok = trained_like("seqTransf", seed=1)
+    last, _ = trained_like("seqTransf", seed=2)
+    write_official(tmp_path, last, epoch=10)
+    write_official(tmp_path, first, epoch=9)
+    (tmp_path / "pytorch_opt.bin.10").write_bytes(b"optimizer state, not a model")
+    with caplog.at_level(logging.WARNING, logger="vtrkit.checkpoint"):
+        assert resolve_checkpoint(tmp_path) == tmp_path / "pytorch_model.bin.10"
+    assert "using the last epoch, pytorch_model.bin.10" in caplog.text
+    ids, mask, frames, video_mask = inputs(tok)
+    loaded = load_trained(tmp_path).model
+    torch.testing.assert_close(
+        logits_of(loaded, ids, mask, frames, video_mask),
+        logits_of(last, ids, mask, frames, video_mask),
+        atol=1e-6,
+        rtol=0,
+    )
