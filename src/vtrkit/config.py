@@ -123,6 +123,10 @@ class Clip2TVConfig(_Section):
     w_vtm: float = 1.0
     sd: bool = False
     sd_alpha: float = Field(0.4, ge=0, le=1)
+    sd_alpha_ramp: Literal["epoch", "none"] = "epoch"
+    """``epoch``: α rises linearly from 0 to ``sd_alpha`` over the first epoch's optimiser steps,
+    as momentum distillation does (SPEC §6), so a teacher that is still the random student (EMA)
+    does not pull the targets at the start; ``none``: ``sd_alpha`` from the first step."""
     sd_tau: float | None = None
     """Teacher softmax temperature; ``None`` uses the student's own 1/λ."""
     teacher: Literal["ema", "frozen"] = "ema"

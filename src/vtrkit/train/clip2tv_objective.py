@@ -4,7 +4,10 @@ On a batch (gathered across processes, B = global batch):
 
 1. vta: logits S [B, B] = λ·cos(t_i, v_j); loss_vta = symmetric InfoNCE(S).
 2. SD (``sd``): loss_sd = CE(S, q) both directions with q mixing one-hot and the teacher's softmax;
-   it *replaces* InfoNCE in the total (loss_vta is still returned for logging).
+   it *replaces* InfoNCE in the total (loss_vta is still returned for logging). With
+   ``sd_alpha_ramp="epoch"`` the α of step s (optimiser steps counted from 0) is
+   ``sd_alpha · min(1, s / steps_per_epoch)``: 0 at the first step, ``sd_alpha`` from the second
+   epoch on, as momentum distillation ramps it; ``"none"`` uses ``sd_alpha`` throughout.
 3. vtm (``vtm``): one hard negative per text and per video drawn from softmax(S) over the allowed
    batch items; cross-entropy of the match head over this process's positives and negatives.
    total = (loss_sd if SD else loss_vta) + w_vtm · loss_vtm.
@@ -45,10 +48,34 @@ class Clip2TVObjective:
         teacher: a ready frozen teacher (tests, or a caller that already holds one); by default
             ``cfg.teacher == "frozen"`` loads ``cfg.teacher_checkpoint`` now and ``"ema"`` copies
             the student at the first step.
+        steps_per_epoch: optimiser steps in one epoch, the length of the α ramp
+            (``cfg.sd_alpha_ramp == "epoch"``; the training pipeline passes its batch source's).
+            Without it the ramp cannot be placed and α is ``sd_alpha`` from the start (a warning
+            says so when SD is on).
+        start_step: optimiser steps already taken (a resumed run), where the step count starts.
     """
 
-    def __init__(self, cfg: Clip2TVConfig, teacher: FrozenTeacher | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Clip2TVConfig,
+        teacher: FrozenTeacher | None = None,
+        steps_per_epoch: int | None = None,
+        start_step: int = 0,
+    ) -> None:
+        if steps_per_epoch is not None and steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        if start_step < 0:
+            raise ValueError(f"start_step must be >= 0, got {start_step}")
         self.cfg = cfg
+        self.steps_per_epoch = steps_per_epoch
+        self.step = start_step
+        """Optimiser steps taken so far (counted by :meth:`after_step`)."""
+        if cfg.sd and cfg.sd_alpha_ramp == "epoch" and steps_per_epoch is None:
+            log.warning(
+                "model.clip2tv.sd_alpha_ramp=epoch needs the epoch length (steps_per_epoch); "
+                "without it SD uses a constant alpha=%g from the first step",
+                cfg.sd_alpha,
+            )
         self.teacher: EmaTeacher | FrozenTeacher | None = teacher
         if cfg.sd and teacher is None and cfg.teacher == "frozen":
             if cfg.teacher_checkpoint is None:
@@ -57,6 +84,14 @@ class Clip2TVObjective:
                     "(a checkpoint folder with model.safetensors and config.yaml)"
                 )
             self.teacher = load_frozen_teacher(cfg.teacher_checkpoint)
+
+    @property
+    def alpha(self) -> float:
+        """SD's α for the next batch: ``sd_alpha · min(1, step / steps_per_epoch)`` under the
+        epoch ramp, else ``sd_alpha``."""
+        if self.cfg.sd_alpha_ramp == "none" or self.steps_per_epoch is None:
+            return self.cfg.sd_alpha
+        return self.cfg.sd_alpha * min(1.0, self.step / self.steps_per_epoch)
 
     def _ensure_teacher(self, model: Clip2TV) -> EmaTeacher | FrozenTeacher:
         if self.teacher is None:
@@ -88,7 +123,7 @@ class Clip2TVObjective:
         if self.cfg.sd:
             teacher_sim = self._ensure_teacher(model).similarity(batch)
             tau = self.cfg.sd_tau if self.cfg.sd_tau is not None else 1.0 / model.logit_scale.exp()
-            loss_sd = sd_loss(logits, teacher_sim, self.cfg.sd_alpha, tau)
+            loss_sd = sd_loss(logits, teacher_sim, self.alpha, tau)
             align = loss_sd
         if model.fusion is not None:
             loss_vtm = self._vtm_loss(model, batch, logits, text_all, video_all, len(text))
@@ -133,7 +168,8 @@ class Clip2TVObjective:
 
     @torch.no_grad()
     def after_step(self, model: nn.Module) -> None:
-        """Clamp the logit scale; move an EMA teacher toward the student."""
+        """Clamp the logit scale; move an EMA teacher toward the student; count the step."""
+        self.step += 1
         clamp_logit_scale(model)
         if isinstance(self.teacher, EmaTeacher) and isinstance(model, Clip2TV):
             self.teacher.update(model.vta)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vtrkit.checkpoint import load_trained, resolve_checkpoint
+from vtrkit.checkpoint import STATE_FILE, load_trained, resolve_checkpoint
 from vtrkit.config import Config, ModelConfig
 from vtrkit.data.datasets import read_dataset
 from vtrkit.data.records import VideoRecord
@@ -28,14 +28,30 @@ from vtrkit.train.sources import LoaderSource
 log = logging.getLogger(__name__)
 
 
-def build_objective(cfg: ModelConfig) -> Objective:
-    """The objective that trains a model of ``cfg.kind`` (CLIP2TV's loads its frozen teacher)."""
+def build_objective(
+    cfg: ModelConfig, steps_per_epoch: int | None = None, start_step: int = 0
+) -> Objective:
+    """The objective that trains a model of ``cfg.kind`` (CLIP2TV's loads its frozen teacher).
+
+    ``steps_per_epoch`` (the batch source's) and ``start_step`` (steps a resumed run has already
+    taken) place CLIP2TV's SD α ramp; the other objectives do not count steps.
+    """
     if cfg.kind == "clip2tv":
-        return Clip2TVObjective(cfg.clip2tv)
+        return Clip2TVObjective(cfg.clip2tv, steps_per_epoch=steps_per_epoch, start_step=start_step)
     if cfg.kind == "videoclip":
         vc = cfg.videoclip
         return VideoClipObjective(gather=vc.gather, text_to_video_only=vc.text_to_video_only)
     return ContrastiveObjective()
+
+
+def resumed_step(run_dir: Path) -> int:
+    """Optimiser steps already taken by the checkpoint ``run_dir/last`` that
+    :func:`~vtrkit.train.loop.fit` resumes from (0 when there is none)."""
+    if not (Path(run_dir) / "last").exists():
+        return 0
+    folder = resolve_checkpoint(Path(run_dir) / "last")
+    blob = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False, mmap=True)
+    return int(blob["train_state"]["step"])
 
 
 def load_subsets(cfg: Config) -> dict[str, list[str]]:
@@ -131,7 +147,8 @@ def train_run(
             return run_evaluation(cfg, m, tokenizer, eval_records, info.device, subsets, progress)
 
         source = LoaderSource(dataset, collate, cfg, info)
-        objective = build_objective(cfg.model)
+        start = resumed_step(cfg.train.output_dir) if resume else 0
+        objective = build_objective(cfg.model, source.steps_per_epoch(), start)
         result = fit(
             cfg,
             model,
