@@ -12,12 +12,19 @@
   ``clean_caption``);
 - ``synthetic_meta.json``: the generation settings and every video's plan (objects, timed events);
 - ``long/``: narrated long videos in the YouCook2 layout (``youcookii_annotations_trainval.json``
-  and ``long/videos/``), one timed segment per event, split training/validation.
+  and ``long/videos/``), one timed segment per event, split training/validation. Two options
+  (:mod:`vtrkit.data.synthetic_long`, both off by default) make VideoCLIP's conditions:
+  ``long_topics`` groups the long videos into topics (``long/topics.json``: topic -> video ids;
+  each video's topic in ``long/synthetic_meta.json``), and ``long_speech`` gives the *training*
+  videos speech-like narration (shifted, dropped, merged, cut and filler lines; each annotation's
+  ``events`` lists the events it narrates, ``clean_annotations`` keeps the exact ones), while
+  validation videos keep their exactly timed segments.
 
 Determinism: every split draws from its own stream seeded by ``(seed, split)``, so the output
 depends only on the arguments; in particular the vague captions come from a separate stream, and
 ``vague_share=0`` with the same seed yields the same videos with clean captions (a clean teacher
-set for CLIP2TV's distillation). Videos are encoded with fixed single-threaded x264 settings, so
+set for CLIP2TV's distillation); likewise the speech-like narration has its own stream, so it
+changes no video. Videos are encoded with fixed single-threaded x264 settings, so
 files are byte-identical across runs with the same PyAV/FFmpeg build.
 """
 
@@ -33,6 +40,15 @@ from pathlib import Path
 
 import numpy as np
 
+from vtrkit.data.synthetic_long import (
+    SpeechTiming,
+    line_record,
+    long_spans,
+    sample_topic,
+    speech_lines,
+    topic_plan,
+    topic_record,
+)
 from vtrkit.data.synthetic_render import encode_mp4, render
 from vtrkit.data.synthetic_scene import (
     KINDS,
@@ -51,8 +67,9 @@ logger = logging.getLogger(__name__)
 EVENT_COUNTS = (1, 2, 3)
 EVENT_COUNT_P = (0.2, 0.45, 0.35)
 META_FILE = "synthetic_meta.json"
+TOPICS_FILE = "topics.json"
 LONG_VALIDATION_SHARE = 0.2
-_STREAM_TRAIN, _STREAM_TEST, _STREAM_LONG, _STREAM_VAGUE = range(4)
+_STREAM_TRAIN, _STREAM_TEST, _STREAM_LONG, _STREAM_VAGUE, _STREAM_TOPICS, _STREAM_SPEECH = range(6)
 
 
 @dataclass
@@ -169,18 +186,58 @@ def _test_plans(
 
 def _long_plan(rng: np.random.Generator, duration: float, fps: float) -> Plan:
     """Whole-second event spans of 3-6 s separated by 1-3 s pauses, as narrated segments."""
-    spans: list[tuple[float, float]] = []
-    t = int(rng.integers(1, 3))
-    while True:
-        length = int(rng.integers(3, 7))
-        if t + length > duration - 1:
-            break
-        spans.append((float(t), float(t + length)))
-        t += length + int(rng.integers(1, 4))
-    if not spans:
-        raise ValueError(f"long_duration {duration} s is too short for one narrated event")
+    spans = long_spans(rng, duration)
     count = int(rng.integers(2, 4))
     return sample_plan(rng, duration, fps, len(spans), KINDS, num_objects=count, spans=spans)
+
+
+def _long_validation_count(n_long: int) -> int:
+    """How many of the long videos (the last ones) form the validation split."""
+    return 0 if n_long < 2 else max(1, round(LONG_VALIDATION_SHARE * n_long))
+
+
+def _topic_assignment(n_long: int, n_topics: int) -> list[int]:
+    """Each long video's topic: the training videos, then the validation videos, cycle through
+    the topics, so both splits cover every topic they can."""
+    if not n_topics:
+        return []
+    n_train = n_long - _long_validation_count(n_long)
+    return [(k if k < n_train else k - n_train) % n_topics for k in range(n_long)]
+
+
+def _long_database(
+    long_ids: list[str],
+    long: list[Plan],
+    duration: float,
+    speech: SpeechTiming | None,
+    rng: np.random.Generator,
+) -> dict[str, dict]:
+    """The YouCook2 ``database``: the last ``LONG_VALIDATION_SHARE`` of the videos validate,
+    with exactly timed segments; training videos get speech-like lines when ``speech`` is set."""
+    n_long = len(long_ids)
+    n_val = _long_validation_count(n_long)
+    database = {}
+    for k, (vid, plan) in enumerate(zip(long_ids, long, strict=True)):
+        phrases = event_phrases(plan)
+        annotations = [
+            {"segment": [int(e.start), int(e.end)], "sentence": text, "id": j}
+            for j, (e, text) in enumerate(zip(plan.events, phrases, strict=True))
+        ]
+        training = k < n_long - n_val
+        item: dict[str, object] = {
+            "duration": duration,
+            "subset": "training" if training else "validation",
+            "recipe_type": "synthetic",
+            "annotations": annotations,
+            "video_url": "",
+        }
+        if training and speech is not None:
+            spans = [(e.start, e.end) for e in plan.events]
+            lines = speech_lines(rng, spans, phrases, duration, speech)
+            item["annotations"] = [line_record(line, j) for j, line in enumerate(lines)]
+            item["clean_annotations"] = annotations
+        database[vid] = item
+    return database
 
 
 def _prepare_dir(out_dir: Path) -> None:
@@ -231,6 +288,8 @@ def generate(
     order_share: float = 0.2,
     attribute_share: float = 0.2,
     workers: int = 2,
+    long_topics: int = 0,
+    long_speech: SpeechTiming | None = None,
 ) -> SyntheticSummary:
     """Write the synthetic benchmark (see the module docstring) and return a summary.
 
@@ -238,6 +297,9 @@ def generate(
     clip lengths in seconds and ``fps`` the frame rate. ``order_share``/``attribute_share`` are
     the fractions of the test split generated as twin pairs for those subsets; ``vague_share``
     the fraction of training captions replaced by vague ones. ``workers`` processes encode.
+    ``long_topics`` > 0 groups the long videos into that many topics (the training and the
+    validation videos each cycle through them); ``long_speech`` gives the long training videos speech-like narration
+    (:mod:`vtrkit.data.synthetic_long`). Their defaults leave the output as it always was.
     """
     for name, value in (("n_train", n_train), ("n_test", n_test), ("n_long", n_long)):
         if value < 0:
@@ -248,6 +310,8 @@ def generate(
         raise ValueError(f"size must be an even number of pixels >= 16, got {size}")
     if duration <= 0 or fps <= 0:
         raise ValueError(f"duration and fps must be positive, got {duration} s at {fps} fps")
+    if long_topics < 0:
+        raise ValueError(f"long_topics must be >= 0, got {long_topics}")
     started = time.perf_counter()
     out_dir = Path(out_dir)
     _prepare_dir(out_dir)
@@ -260,7 +324,13 @@ def generate(
         stream(_STREAM_TEST), n_test, duration, fps, order_share, attribute_share
     )
     long_rng = stream(_STREAM_LONG)
-    long = [_long_plan(long_rng, long_duration, fps) for _ in range(n_long)]
+    topic_rng = stream(_STREAM_TOPICS)
+    topics = [sample_topic(topic_rng) for _ in range(long_topics)]
+    topic_of = _topic_assignment(n_long, len(topics))
+    if topics:
+        long = [topic_plan(long_rng, topics[t], long_duration) for t in topic_of]
+    else:
+        long = [_long_plan(long_rng, long_duration, fps) for _ in range(n_long)]
 
     train_ids = [f"video{i}" for i in range(n_train)]
     test_ids = [f"video{n_train + i}" for i in range(n_test)]
@@ -306,21 +376,18 @@ def generate(
     _write_json(out_dir / "twins.json", twins, indent=1)
 
     # ------------------------------------------------------------ YouCook2 layout
-    n_val = 0 if n_long < 2 else max(1, round(LONG_VALIDATION_SHARE * n_long))
-    database = {}
-    for k, (vid, plan) in enumerate(zip(long_ids, long, strict=True)):
-        annotations = [
-            {"segment": [int(e.start), int(e.end)], "sentence": text, "id": j}
-            for j, (e, text) in enumerate(zip(plan.events, event_phrases(plan), strict=True))
-        ]
-        database[vid] = {
-            "duration": long_duration,
-            "subset": "validation" if k >= n_long - n_val else "training",
-            "recipe_type": "synthetic",
-            "annotations": annotations,
-            "video_url": "",
-        }
+    speech_rng = stream(_STREAM_SPEECH)
+    database = _long_database(long_ids, long, long_duration, long_speech, speech_rng)
     _write_json(out_dir / "long" / "youcookii_annotations_trainval.json", {"database": database})
+    topics_file = out_dir / "long" / TOPICS_FILE
+    if topics:
+        members = {
+            f"topic{t:03d}": [v for v, u in zip(long_ids, topic_of, strict=True) if u == t]
+            for t in range(len(topics))
+        }
+        _write_json(topics_file, members, indent=1)
+    elif topics_file.is_file():  # left by an earlier generation with topics
+        topics_file.unlink()
 
     settings = {
         "seed": seed,
@@ -332,18 +399,23 @@ def generate(
         "order_share": order_share,
         "attribute_share": attribute_share,
     }
+    if long_topics:
+        settings["long_topics"] = long_topics
+    if long_speech is not None:
+        settings["long_speech"] = asdict(long_speech)
     plans = dict(zip(train_ids + test_ids, train + test, strict=True))
     _write_json(
         out_dir / META_FILE,
         {"settings": settings, "videos": {v: asdict(p) for v, p in plans.items()}},
     )
-    _write_json(
-        out_dir / "long" / META_FILE,
-        {
-            "settings": settings,
-            "videos": {v: asdict(p) for v, p in zip(long_ids, long, strict=True)},
-        },
-    )
+    long_meta: dict[str, object] = {
+        "settings": settings,
+        "videos": {v: asdict(p) for v, p in zip(long_ids, long, strict=True)},
+    }
+    if topics:
+        long_meta["topics"] = [topic_record(t) for t in topics]
+        long_meta["video_topics"] = dict(zip(long_ids, topic_of, strict=True))
+    _write_json(out_dir / "long" / META_FILE, long_meta)
 
     # ------------------------------------------------------------ videos
     jobs = [_Job(p, out_dir / "videos" / f"{v}.mp4", size, fps) for v, p in plans.items()]
