@@ -281,6 +281,9 @@ class PretrainConfig(_Section):
     max_words: int = Field(40, ge=3)
     """Word slots of the pretraining captions (the longest, three objects, is about 33 tokens)."""
     max_objects: int = Field(3, ge=1, le=3)
+    twins: float = Field(0.5, ge=0, le=1)
+    """Share of training still pairs whose second still is the first with one attribute of one
+    object changed (hard negatives; see vtrkit/data/synthetic_stills.py). 0 turns them off."""
     heldout_pairs: int = Field(8, ge=0, le=24)
     """Colour-shape pairs held out of training at ``heldout_positions`` positions each."""
     heldout_positions: int = Field(3, ge=1, le=8)

@@ -46,7 +46,7 @@ def test_batches_are_the_stills_of_seed_epoch_index(tmp_path: Path, tokenizer) -
     assert src.steps_per_epoch() == 48 // 16
     batches = epoch_batches(src, 1)
     assert [b["index"].tolist() for b in batches] == [list(range(k, k + 16)) for k in (0, 16, 32)]
-    stream = StillStream(seed=0)
+    stream = StillStream.from_config(cfg.pretrain)
     stills = stream.stills("train", 1, range(16, 32))
     ids, mask = tokenizer([s.caption for s in stills], cfg.pretrain.max_words)
     assert torch.equal(batches[1]["pixels"], still_pixels(stills, 32))

@@ -35,7 +35,7 @@ CELL_NAMES = {
 
 @pytest.fixture(scope="module")
 def stream() -> StillStream:
-    return StillStream(seed=5)
+    return StillStream(seed=5, twins=0.5)
 
 
 def colour_pixels(image: np.ndarray, colour: str) -> np.ndarray:
@@ -108,7 +108,7 @@ def test_phrasing_and_order_vary(stream: StillStream) -> None:
 
 
 def test_a_pure_function_of_seed_split_epoch_index(stream: StillStream) -> None:
-    again = StillStream(seed=5)
+    again = StillStream(seed=5, twins=0.5)
     for split in ("train", "heldout", "probe_test"):
         a, b = stream.still(split, 3, 17), again.still(split, 3, 17)
         assert a == b
@@ -154,3 +154,35 @@ def test_pixels_follow_the_video_frame_transform(stream: StillStream) -> None:
     assert pixels.shape == (4, 3, 32, 32)
     frames = torch.from_numpy(np.stack([render_still(s, 64) for s in stills]))
     torch.testing.assert_close(pixels, preprocess(frames, 32), rtol=0, atol=0)
+
+
+def test_twins_differ_from_their_neighbour_in_one_attribute(stream: StillStream) -> None:
+    def attributes(still) -> set[tuple[int, str, str]]:
+        # Objects are kept in drawing order, so object k of a twin is object k of its base.
+        return {
+            (k, name, getattr(o, name))
+            for k, o in enumerate(still.objects)
+            for name in ("colour", "shape", "size", "position")
+        }
+
+    twins = 0
+    changed_kinds = set()
+    for index in range(1, 600, 2):
+        base, other = stream.still("train", 0, index - 1), stream.still("train", 0, index)
+        if other.background != base.background:
+            continue
+        twins += 1
+        assert len(other.objects) == len(base.objects)
+        differ = attributes(base) - attributes(other)
+        assert len(differ) == 1, (base.caption, other.caption)
+        changed_kinds.add(next(iter(differ))[1])
+        assert other.caption != base.caption
+    assert 0.35 < twins / 300 < 0.65
+    assert changed_kinds == {"colour", "shape", "size", "position"}
+    plain = StillStream(seed=5)
+    assert all(
+        plain.still("train", 0, i).background != plain.still("train", 0, i - 1).background
+        for i in range(1, 200, 2)
+    )
+    with pytest.raises(ValueError, match="twins"):
+        StillStream(seed=5, twins=1.5)
