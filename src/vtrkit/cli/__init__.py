@@ -24,9 +24,9 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 def _register_all() -> None:
     # Explicit imports: each module adds its commands to `app`.
-    from vtrkit.cli import convert, data, index, train, videoclip
+    from vtrkit.cli import convert, data, index, pretrain, train, videoclip
 
-    for module in (data, train, index, videoclip, convert):
+    for module in (data, train, pretrain, index, videoclip, convert):
         module.register(app)
 
 
