@@ -107,6 +107,9 @@ def test_refuses_what_it_cannot_continue(tmp_path: Path, tokenizer) -> None:
     other_seed = source(tiny_config(tmp_path, pretrain={"data_seed": 1}), tokenizer)
     with pytest.raises(ValueError, match="data_seed=0"):
         other_seed.load_state_dict({**state, "epoch": 0, "stills": 16})
+    no_twins = source(tiny_config(tmp_path, pretrain={"twins": 0.0}), tokenizer)
+    with pytest.raises(ValueError, match=r"twins=0\.5"):
+        no_twins.load_state_dict({**state, "epoch": 0, "stills": 16})
     # Written with two accumulation steps of 8 stills, one micro-batch in: not a whole batch.
     with pytest.raises(ValueError, match="grad_accum"):
         source(cfg, tokenizer).load_state_dict({**state, "epoch": 0, "stills": 8})

@@ -88,8 +88,13 @@ class PretrainSource:
                 f"({t.batch_size}); raise it or lower train.batch_size"
             )
         self.micro_per_epoch = self._steps * t.grad_accum
+        # What still i of an epoch is, and how many stills an epoch and a step hold.
         self.identity = {
             "data_seed": p.data_seed,
+            "twins": p.twins,
+            "max_objects": p.max_objects,
+            "heldout_pairs": p.heldout_pairs,
+            "heldout_positions": p.heldout_positions,
             "images_per_epoch": p.images_per_epoch,
             "batch_size": t.batch_size,
         }
