@@ -147,7 +147,7 @@ def test_batches_fill_across_videos():
 
     def decode(count, emit):
         for key in range(count):
-            emit(SampledFrame(key, torch.zeros(3, 8, 8)))
+            emit(SampledFrame(key, torch.zeros(8, 8, 3, dtype=torch.uint8)))
         return VideoPlan(float(count), [(0.0, float(count))], [list(range(count))[:2]], [None])
 
     pipeline = FramePipeline(encoder, batch_windows=3)  # 6 frames per batch
@@ -173,3 +173,24 @@ def test_reduced_precision_agrees_with_fp32(precision):
 def test_unknown_precision_is_named():
     with pytest.raises(ValueError, match="--precision"):
         tiny_encoder("meanP", precision="fp8")
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch):
+    from pathlib import Path
+
+    from vtrkit.inference import resolve_precision
+
+    real = Path.read_text
+
+    def cpuinfo(flags):
+        def read(self, *args, **kwargs):
+            return f"flags\t: fpu {flags}\n" if str(self) == "/proc/cpuinfo" else real(self)
+
+        return read
+
+    monkeypatch.setattr(Path, "read_text", cpuinfo("avx2 avx512f avx512_bf16"))
+    assert resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(Path, "read_text", cpuinfo("avx2 avx512f"))
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("int8", "cpu") == "int8"
+    assert tiny_encoder("meanP", precision="auto").precision == "fp32"

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from vtrkit.data.sampling import sample_frame_indices
@@ -65,10 +66,19 @@ class WindowSpec:
 
 @dataclass
 class SampledFrame:
-    """One decoded frame for the encoder: its key and model input [3, S, S] (normalised)."""
+    """One decoded frame for the encoder: its key and its pixels, uint8 [S, S, 3] as
+    ``read_sampled_frames`` returns them (or float [3, S, S] already normalised); see
+    :func:`model_input`."""
 
     key: int
     image: Tensor
+
+
+def model_input(images: list[Tensor]) -> Tensor:
+    """Stack sampled frames' images as normalised model input [N, 3, S, S]."""
+    if images and images[0].dtype == torch.uint8:
+        return to_model_input(torch.stack(images))
+    return torch.stack(images)
 
 
 @dataclass
@@ -105,7 +115,7 @@ class _Pass:
             self.jpegs[key] = encode_jpeg(np.ascontiguousarray(pixels.numpy()), THUMBNAIL_QUALITY)
         self.seen.add(key)
         self.last_time = max(self.last_time, seconds)
-        self.emit(SampledFrame(key, to_model_input(pixels[None])[0]))
+        self.emit(SampledFrame(key, pixels))
 
 
 def decode_video(

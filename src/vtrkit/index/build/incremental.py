@@ -1,10 +1,14 @@
 """Building and updating an index: find videos, encode new or changed ones, drop removed ones.
 
-Every window is encoded once. A video is committed in one catalog transaction after its features
-are flushed to the store, so a killed build loses at most the videos in flight and a rerun skips
-what is done and produces the same rows as an uninterrupted build. Files that cannot be decoded are
-recorded as failed with the reason (and not retried until they change); the build goes on and the
-report lists them. Decoding runs in background threads while the model encodes.
+Each video is decoded once, in one forward pass over the file, in decode-ahead worker threads
+(:mod:`vtrkit.index.build.frame_decoding`, :mod:`vtrkit.index.build.pipeline`); each sampled frame
+is encoded once, in batches filled across videos, and every window (temporal encoder, pooling,
+stored per-frame features) is built from the cached frame features of its seconds. A video is
+committed in one catalog transaction right after its features are flushed to the store, so a
+killed build loses at most the videos in flight and a rerun skips what is done and produces the
+same rows as an uninterrupted build. Files that cannot be decoded are recorded as failed with the
+reason (and not retried until they change); damaged files are indexed as partial with what is
+missing; the build goes on and the report lists failures.
 """
 
 from __future__ import annotations

@@ -30,15 +30,17 @@ from typing import Generic, TypeVar
 import torch
 from torch import Tensor
 
-from vtrkit.index.build.frame_decoding import SampledFrame, VideoPlan
+from vtrkit.index.build.frame_decoding import SampledFrame, VideoPlan, model_input
 from vtrkit.inference import Encoder, FrameEncoder
 from vtrkit.models.base import VideoFeatures
 
 log = logging.getLogger(__name__)
 
 J = TypeVar("J")
-QUEUE_FRAMES = 64
-"""Decoded frames a worker may hold ahead of the encoder, per video."""
+QUEUE_FRAMES = 256
+"""Decoded frames a worker may hold ahead of the encoder, per video (uint8, 150 KB each at 224
+px): enough for a few minutes of video at 1 fps, so that workers decoding later videos really
+work in parallel when the encoder is faster than one decoder (a GPU)."""
 
 
 class _Stopped(Exception):
@@ -218,7 +220,7 @@ class FramePipeline(Generic[J]):
             return
         assert self.frame_path is not None
         self._padding_feature()  # first, so that batches keep their size
-        images = torch.stack([frame.image for _, frame in batch])
+        images = model_input([frame.image for _, frame in batch])
         features = self.frame_path.encode_frame_images(images)
         self.frames_encoded += len(batch)
         for (video, frame), feature in zip(batch, features, strict=True):
@@ -248,8 +250,7 @@ class FramePipeline(Generic[J]):
                 chunk = plan.keys[start : start + self.batch_windows]
                 frames = torch.zeros(len(chunk), nf, 3, size, size)
                 for w, keys in enumerate(chunk):
-                    for slot, key in enumerate(keys):
-                        frames[w, slot] = video.images[key]
+                    frames[w, : len(keys)] = model_input([video.images[k] for k in keys])
                 part = mask[start : start + len(chunk)]
                 parts.append(self.encoder.encode_video_windows(frames, part))
             self.frames_encoded += sum(len(k) for k in plan.keys)
