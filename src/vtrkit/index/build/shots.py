@@ -30,7 +30,10 @@ default)."""
 MIN_CUT_GAP = 0.5
 """Seconds after a cut during which no other cut is reported (flashes, fast motion)."""
 DETECT_SIZE = 48
-"""Short side, in pixels, of the images the detector compares."""
+"""Short side, in pixels, of the images the detector compares (at least)."""
+DETECT_RATE = 10.0
+"""Frames per second of video the detector looks at (every frame of slower videos): cuts are
+placed within 1/10 s, well inside one sampled frame, at 40% of the cost for 25-fps video."""
 
 
 def min_shot_length(length: float, fps: float) -> float:
@@ -53,8 +56,15 @@ class ShotDetector:
             filter_mode=FlashFilter.Mode.SUPPRESS,
         )
 
+        self._next = -math.inf
+
     def is_cut(self, frame: av.VideoFrame, seconds: float) -> bool:
-        """True when ``frame`` (shown at ``seconds``) is the first frame of a new shot."""
+        """True when ``frame`` (shown at ``seconds``, frames in presentation order) starts a new
+        shot; frames closer than 1/:data:`DETECT_RATE` s to the last one looked at are not
+        looked at (False)."""
+        if seconds < self._next - 1e-6:
+            return False
+        self._next = seconds + 1.0 / DETECT_RATE
         timecode = self._timecode(timecode=float(seconds), fps=1000.0)
         return bool(self._detector.process_frame(timecode, small_bgr(frame)))
 
