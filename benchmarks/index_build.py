@@ -12,6 +12,10 @@ and their ratio. For precisions other than fp32 it also prints how close the ind
 fp32 one: cosine of the stored pooled features window by window, and the overlap of the top-10
 windows for a set of queries. ``--windows shots`` builds with shot windows instead.
 
+``--purity`` compares the two window plans without a model: on random shot lengths (lognormal,
+median 6 s, 1-60 s, exact cuts) the window that best covers each shot of 3 s or more, how much of
+it lies inside the shot, how far its start is from the cut, and windows per minute.
+
 Quick run (one short video)::
 
     .venv/bin/python benchmarks/index_build.py --videos 1 --seconds 20
@@ -152,6 +156,55 @@ def agreement(reference: Path, other: Path, encoder: ModelEncoder) -> dict[str, 
     }
 
 
+def window_purity(trials: int = 200, length: float = 12.0, stride: float = 6.0) -> None:
+    """Fixed against shot windows on synthetic shot lists (see the module docstring)."""
+    from vtrkit.index.build.shots import Shot, min_shot_length, plan_shot_windows
+    from vtrkit.index.build.windows import plan_windows
+
+    rng = np.random.default_rng(0)
+    found: dict[str, list[tuple[float, float, float]]] = {"fixed": [], "shots": []}
+    for _ in range(trials):
+        bounds = np.concatenate(
+            [[0.0], np.cumsum(np.clip(rng.lognormal(np.log(6), 0.8, 40), 1, 60))]
+        )
+        duration, cuts = float(bounds[-1]), bounds[:-1]
+        ends = [*cuts[1:], duration]
+        shots = [
+            Shot(float(c), [(float(t), int(t * 1000)) for t in np.arange(c, e, 1.0)])
+            for c, e in zip(cuts, ends, strict=True)
+        ]
+        plans = {
+            "fixed": plan_windows(duration, length, stride),
+            "shots": [
+                (w.start, w.end)
+                for w in plan_shot_windows(
+                    shots, duration, length, min_shot_length(length, 1.0), 12
+                )
+            ],
+        }
+        for name, windows in plans.items():
+            for c, e in zip(cuts, ends, strict=True):
+                if e - c < 3:
+                    continue
+                best = max(windows, key=lambda w: (min(w[1], e) - max(w[0], c)) / (w[1] - w[0]))
+                inside = (min(best[1], e) - max(best[0], c)) / (best[1] - best[0])
+                found[name].append((inside, abs(best[0] - c), len(windows) / duration * 60))
+    for name, rows in found.items():
+        r = np.asarray(rows)
+        print(
+            json.dumps(
+                {
+                    "windows": name,
+                    "inside_mean": round(float(r[:, 0].mean()), 3),
+                    "share_90pct_inside": round(float((r[:, 0] >= 0.9).mean()), 3),
+                    "start_error_median_s": round(float(np.median(r[:, 1])), 2),
+                    "start_error_mean_s": round(float(r[:, 1].mean()), 2),
+                    "windows_per_minute": round(float(r[:, 2].mean()), 1),
+                }
+            )
+        )
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     videos = make_videos(
         Path(args.workdir), args.videos, args.seconds, (args.width, args.height), args.fps
@@ -217,7 +270,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--encoder-batches", type=int, default=3)
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "vtrkit-bench"))
-    run(parser.parse_args())
+    parser.add_argument("--purity", action="store_true", help="compare window plans, no model")
+    args = parser.parse_args()
+    if args.purity:
+        window_purity()
+        return
+    run(args)
 
 
 if __name__ == "__main__":
