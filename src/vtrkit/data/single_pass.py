@@ -45,6 +45,8 @@ class Timeline:
     duration: seconds, from the container's metadata (else from the last frame).
     frame_step: seconds between frames (1 / average frame rate; 0.04 when unknown).
     complete: False when the scan stopped at unreadable container data before the end.
+    duration_from: where ``duration`` comes from: ``stream`` (the video stream's own duration),
+        ``container`` (the whole file's, which may include a longer audio track) or ``frames``.
     """
 
     pts: list[int]
@@ -52,6 +54,7 @@ class Timeline:
     duration: float
     frame_step: float
     complete: bool = True
+    duration_from: str = "stream"
 
     @property
     def last_time(self) -> float:
@@ -126,12 +129,15 @@ class SinglePass:
             hidden.append(bool(packet.is_discard))
         times = [-math.inf if h else source.seconds(p) for p, h in zip(pts, hidden, strict=True)]
         duration = _metadata_duration(source)
+        stream_duration = source.stream.duration
+        origin = "stream" if stream_duration is not None and stream_duration > 0 else "container"
         rate = _average_fps(source, duration)
         step = 1.0 / rate if rate > 0 else 0.04
         if duration is None:
             shown = [t for t in times if math.isfinite(t)]
             duration = max(shown) + step if shown else 0.0
-        return Timeline(pts, times, float(duration), step, complete)
+            origin = "frames"
+        return Timeline(pts, times, float(duration), step, complete, origin)
 
     def frames(self, wanted: Container[int] | None = None) -> Iterator[av.VideoFrame]:
         """Every decoded frame in presentation order, from the start of the file.

@@ -237,8 +237,12 @@ def _damage(
         times = video.error_times
         where = f" between {min(times):.1f} and {max(times):.1f} s" if times else ""
         reasons.append(f"{video.errors} packets could not be decoded{where}")
-    tolerance = max(1.0, 2.0 * timeline.frame_step, 0.02 * timeline.duration)
-    if state.last_time < timeline.duration - tolerance:
+    # The video stream's own duration is exact; a container's may include a longer audio track.
+    if timeline.duration_from == "stream":
+        tolerance = max(1.0, 2.0 * timeline.frame_step, 0.02 * timeline.duration)
+    else:
+        tolerance = max(3.0, 0.1 * timeline.duration)
+    if timeline.duration_from != "frames" and state.last_time < timeline.duration - tolerance:
         reasons.append(
             f"frames end at {max(state.last_time, 0.0):.1f} s of a declared "
             f"{timeline.duration:.1f} s (cut short?): {max(state.last_time, 0.0):.1f}-"
