@@ -1,74 +1,99 @@
-"""CLIP2TV ablation on the synthetic benchmark with vague training captions: prints a Markdown table.
+"""CLIP2TV's parts on 30 % vague captions, fine-tuned from the pretrained tiny CLIP, with diagnostics.
 
-Arms, trained under the same budget (same optimiser steps, seed, data order and initial weights of
-a tiny CLIP trained from scratch, as in the demo):
+The training split has ``--vague`` (default 30 %) of its captions replaced by vague ones ("a shape
+moves"), so many training videos share a caption: the false negatives SD is meant to soften. Every
+arm starts from the same pretrained tiny CLIP, fine-tunes with the two learning rates for the same
+number of optimiser steps, once per seed, and is evaluated on the clean 1,000-video test split,
+overall and on the "order" and "attribute" subsets, in both directions. Arms:
 
-- ``vta``: the seqTransf dual encoder alone (CLIP2TV with vtm and SD off);
-- ``vta+vtm``: plus video–text matching on hard negatives; evaluated by vta ranking and by vtm
-  re-ranking of each query's top-K;
-- ``vta+vtm+SD``: plus similarity distillation from an EMA teacher; both evaluations again;
-- ``vta+SD`` (optional, ``--arms``): SD without vtm.
+- ``vta on clean captions``: the vta dual encoder (seqTransf) trained on the same videos with their
+  clean captions; it is the frozen teacher of the last arm (and an upper bound for vta);
+- ``vta``: CLIP2TV with vtm and SD off;
+- ``vta+vtm``: plus video–text matching on hard negatives, reported by vta ranking and re-ranked
+  by vtm (top-K);
+- ``vta+vtm+SD (EMA teacher)``: plus similarity distillation from the EMA teacher (α ramps from 0
+  over the first epoch, ``model.clip2tv.sd_alpha_ramp``);
+- ``vta+vtm+SD (frozen clean teacher)``: SD from the clean-caption vta of the same seed;
+- ``vta+SD (EMA teacher)`` only with ``--arms``: SD without vtm.
 
-The training split has ``--vague`` (default 30%) of its captions replaced by vague ones ("a shape
-moves"), so many training videos share a caption: the false negatives SD is meant to soften.
-Evaluation is on the 1,000-video clean test split, overall and on the "order" / "attribute" subsets.
+Diagnostics, every ``--diag-every`` steps of every CLIP2TV arm (written into the arm's JSON and
+summarised in a second table): the gradient norm of each loss (vta InfoNCE, vtm, SD) on the shared
+encoder parameters (CLIP towers + temporal encoder, by ``torch.autograd.grad``), the cosine between
+the vta and vtm gradients, and the mean off-diagonal cosine of the batch's video features and of
+its text features (near 1: the features have collapsed to a constant).
 
-Run (about 30 minutes on 2 shared CPU cores with the defaults: 6-16 min per arm, plus generating
-the data and filling the frame cache once)::
+Run (resumable: finished arms are reused, a killed one resumes from its last checkpoint)::
 
-    PYTHONPATH=src python benchmarks/clip2tv_ablation.py --out runs/clip2tv_ablation
+    PYTHONPATH=src python benchmarks/clip2tv_ablation.py --out runs/ablation_clip2tv \\
+        --backbone-checkpoint runs/pretrain_tiny
 
-Data and the frame cache are kept under ``--out`` and reused by later runs; finished arms are reused
-and an interrupted arm resumes from its last epoch checkpoint when the settings are unchanged.
+Smoke run (random towers, tiny data, a few steps, one seed)::
+
+    PYTHONPATH=src python benchmarks/clip2tv_ablation.py --out /tmp/clip2tv_smoke \\
+        --random-backbone --seeds 0 --steps 3 --n-train 32 --n-test 10 --batch 8 --diag-every 1
+
+Writes ``<out>/clip2tv_ablation.md`` and ``.json``; the data (with vague captions) and its frame
+cache live under ``<out>/data``, the clean-caption twin of its annotations under
+``<out>/data_clean`` (same video files).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-from vtrkit.config import Config, apply_overrides, config_from_dict
+from ablation_runs import (
+    RETRIEVAL_COLUMNS,
+    ArmStore,
+    add_common_arguments,
+    backbone_identity,
+    backbone_section,
+    command_line,
+    describe_backbone,
+    fingerprint,
+    markdown_table,
+    mean_sd,
+    prepare_short_data,
+    retrieval_row,
+    run_arms,
+    select_arms,
+    short_video_config,
+    summarise,
+    warm_frame_cache,
+    write_report,
+)
+from vtrkit.config import Config
 from vtrkit.data.datasets import read_dataset
-from vtrkit.distributed import setup
-from vtrkit.eval.rerank import evaluate_with_rerank
-from vtrkit.models.build import build_model
-from vtrkit.train.loop import fit, seed_everything
-from vtrkit.train.pipeline import make_train_dataset
+from vtrkit.train.clip2tv_objective import Clip2TVObjective
+from vtrkit.train.pipeline import train_run
 
-ARMS: dict[str, dict[str, bool]] = {
-    "vta": {"vtm": False, "sd": False},
-    "vta+vtm": {"vtm": True, "sd": False},
-    "vta+vtm+SD": {"vtm": True, "sd": True},
-    "vta+SD": {"vtm": False, "sd": True},
+TEACHER = "vta on clean captions"
+FROZEN = "vta+vtm+SD (frozen clean teacher)"
+CLIP2TV = ["model.kind=clip2tv"]
+ARMS: dict[str, list[str]] = {
+    TEACHER: ["model.kind=seqTransf"],
+    "vta": [*CLIP2TV, "model.clip2tv.vtm=false", "model.clip2tv.sd=false"],
+    "vta+vtm": [*CLIP2TV, "model.clip2tv.vtm=true", "model.clip2tv.sd=false"],
+    "vta+vtm+SD (EMA teacher)": [*CLIP2TV, "model.clip2tv.sd=true", "model.clip2tv.teacher=ema"],
+    FROZEN: [*CLIP2TV, "model.clip2tv.sd=true", "model.clip2tv.teacher=frozen"],
+    "vta+SD (EMA teacher)": [
+        *CLIP2TV,
+        "model.clip2tv.vtm=false",
+        "model.clip2tv.sd=true",
+        "model.clip2tv.teacher=ema",
+    ],
 }
-DEFAULT_ARMS = ["vta", "vta+vtm", "vta+vtm+SD"]
-
-
-def prepare_data(out: Path, n_train: int, n_test: int, vague: float, seed: int) -> Path:
-    """Generate the synthetic set with vague training captions once (``out/data``)."""
-    from vtrkit.data.synthetic import generate
-
-    data = out / "data"
-    stamp = out / "data.json"
-    wanted = {"n_train": n_train, "n_test": n_test, "vague_share": vague, "seed": seed}
-    if not (stamp.is_file() and json.loads(stamp.read_text()) == wanted):
-        print(
-            generate(data, n_train=n_train, n_test=n_test, n_long=0, vague_share=vague, seed=seed)
-        )
-        stamp.write_text(json.dumps(wanted))
-    return data
-
-
-# The tiny from-scratch setting of the demo (configs/demo.yaml at the time of writing), pinned here so
-# that the table does not move when the demo is retuned.
+DEFAULT_ARMS = [a for a in ARMS if a != "vta+SD (EMA teacher)"]
+# The demo's setting (src/vtrkit/demo.yaml when this was written) with CLIP2TV's parts sized for
+# its 128-wide towers, pinned so the table does not move when the demo is retuned.
 BASE: dict[str, Any] = {
     "data": {
         "dataset": "synthetic",
@@ -79,172 +104,272 @@ BASE: dict[str, Any] = {
         "num_workers": 0,
     },
     "model": {
-        "kind": "clip2tv",
         "temporal": True,
         "temporal_layers": 2,
-        "backbone": {
-            "arch": {
-                "embed_dim": 128,
-                "image_size": 32,
-                "patch_size": 16,
-                "vision_width": 128,
-                "vision_layers": 2,
-                "vision_heads": 4,
-                "text_width": 128,
-                "text_layers": 2,
-                "text_heads": 4,
-            }
-        },
+        "clip2tv": {"vtm_layers": 2, "vtm_heads": 4, "rerank_k": 16, "w_rr": 1.0},
     },
-    # From scratch the "backbone" is random too, so both groups learn at the same rate.
-    "optim": {"lr_backbone": 2e-4, "lr_new": 2e-4, "weight_decay": 0.2, "warmup": 0.05},
-    "train": {"epochs": 1000, "precision": "bf16", "eval_every_epoch": False, "log_every": 10},
-    "eval": {"dsl": True},
+    "optim": {"weight_decay": 0.2, "warmup": 0.05},
+    "train": {"epochs": 100_000, "precision": "bf16", "eval_every_epoch": False, "log_every": 10},
+    "eval": {"dsl": False},
 }
+DIAGNOSTICS_FILE = "diagnostics.jsonl"
 
 
-def arm_config(args: argparse.Namespace, data: Path, name: str) -> Config:
-    """The pinned tiny setting turned into a CLIP2TV run for one arm."""
-    switches = ARMS[name]
-    overrides = [
-        f"name=clip2tv-{name}",
-        f"data.root={data}",
-        f"data.frame_cache={data / 'cache'}",
-        f"model.clip2tv.vtm={str(switches['vtm']).lower()}",
-        f"model.clip2tv.sd={str(switches['sd']).lower()}",
-        f"model.clip2tv.vtm_layers={args.vtm_layers}",
-        "model.clip2tv.vtm_heads=4",
-        f"model.clip2tv.rerank_k={args.k}",
-        f"model.clip2tv.w_rr={args.w_rr}",
-        f"model.clip2tv.sd_alpha={args.alpha}",
-        f"optim.lr_backbone={args.lr}",
-        f"optim.lr_new={args.lr}",
-        f"train.output_dir={args.out / name.replace('+', '_')}",
-        f"train.batch_size={args.batch}",
-        f"train.max_steps={args.steps}",
-        f"train.seed={args.seed}",
+# ---------------------------------------------------------------------- diagnostics
+
+
+def shared_encoder_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters vta, vtm and SD all train: the CLIP towers and the temporal encoder of the
+    vta model (its logit scale only serves vta and SD, so it is left out)."""
+    return [
+        p for n, p in model.vta.named_parameters() if p.requires_grad and "logit_scale" not in n
     ]
-    return config_from_dict(apply_overrides(copy.deepcopy(BASE), overrides), "clip2tv_ablation")
 
 
-def warm_cache(cfg: Config, records: list) -> None:
-    """Decode every video once into the frame cache before any clock starts."""
-    from torch.utils.data import DataLoader
+def _flat_grad(loss: Tensor, params: list[nn.Parameter]) -> Tensor:
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return torch.cat(
+        [
+            (g if g is not None else torch.zeros_like(p)).float().flatten()
+            for g, p in zip(grads, params, strict=True)
+        ]
+    )
 
-    from vtrkit.data.dataset import VideoTextDataset, collate
 
-    dataset = VideoTextDataset.from_config(records, None, cfg.data, "videos")
-    for _ in DataLoader(dataset, batch_size=64, num_workers=2, collate_fn=collate):
-        pass
+def mean_off_diagonal_cosine(x: Tensor) -> float:
+    """Mean cosine between distinct rows of ``x`` [B, D] (1.0: every row points the same way)."""
+    unit = F.normalize(x.float(), dim=-1)
+    cos = unit @ unit.T
+    b = len(unit)
+    return float((cos.sum() - cos.diagonal().sum()) / max(b * (b - 1), 1))
 
 
-def run_arm(
-    cfg: Config, train_records: list, test_records: list, subsets: dict[str, list[str]]
-) -> dict[str, Any]:
-    seed_everything(cfg.train.seed)
-    model, tokenizer = build_model(cfg.model, cfg.data)
-    dataset, collate = make_train_dataset(cfg, tokenizer, train_records)
-    info = setup("cpu")
-    # resume: an interrupted arm continues from its last epoch checkpoint.
-    result = fit(cfg, model, dataset, collate, info, resume=True, progress=False)
-    model.eval()
-    started = time.perf_counter()
+def measure(model: nn.Module, batch: dict[str, Tensor], out: dict[str, Tensor]) -> dict[str, float]:
+    """Per-loss gradient norms (and their cosines) on the shared encoder, the losses, and the mean
+    off-diagonal cosine of the batch's pooled video and sentence features."""
+    params = shared_encoder_parameters(model)
+    grads = {
+        part: _flat_grad(out[f"loss_{part}"], params)
+        for part in ("vta", "vtm", "sd")
+        if out[f"loss_{part}"].requires_grad
+    }
+    record = {f"loss_{part}": float(out[f"loss_{part}"].detach()) for part in ("vta", "vtm", "sd")}
+    record.update({f"grad_norm/{part}": float(g.norm()) for part, g in grads.items()})
+    for a, b in (("vta", "vtm"), ("sd", "vtm"), ("vta", "sd")):
+        if a in grads and b in grads:
+            record[f"grad_cos/{a}-{b}"] = float(F.cosine_similarity(grads[a], grads[b], dim=0))
     with torch.no_grad():
-        metrics = evaluate_with_rerank(
-            model, test_records, tokenizer, cfg.data, cfg.eval, "cpu", subsets=subsets
-        )
+        text = model.vta.encode_text(batch["input_ids"], batch["text_mask"]).sentence
+        video = model.vta.encode_video(batch["frames"], batch["video_mask"]).video
+    record["offdiag_cos/video"] = mean_off_diagonal_cosine(video)
+    record["offdiag_cos/text"] = mean_off_diagonal_cosine(text)
+    record["logit_scale"] = float(model.logit_scale.detach().exp())
+    return record
+
+
+class DiagnosticObjective:
+    """CLIP2TV's objective, unchanged, plus a :func:`measure` record every ``every`` optimiser
+    steps (first micro-batch of the step), appended to ``path`` as JSON lines."""
+
+    def __init__(self, inner: Clip2TVObjective, every: int, path: Path) -> None:
+        self.inner, self.every, self.path = inner, every, path
+        self.recorded = -1
+
+    def __call__(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        out = self.inner(model, batch)
+        step = self.inner.step
+        if step % self.every == 0 and step != self.recorded and torch.is_grad_enabled():
+            # The extra forward pass must not move the RNG that training draws from next.
+            with torch.random.fork_rng():
+                record = {"step": step, "alpha": self.inner.alpha, **measure(model, batch, out)}
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            self.recorded = step
+        return out
+
+    def after_step(self, model: nn.Module) -> None:
+        self.inner.after_step(model)
+
+
+def read_diagnostics(path: Path) -> list[dict[str, float]]:
+    """The records of a run, one per step (a resumed run's repeat of a step replaces it)."""
+    if not path.is_file():
+        return []
+    by_step = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        by_step[record["step"]] = record
+    return [by_step[s] for s in sorted(by_step)]
+
+
+# ---------------------------------------------------------------------- data and arms
+
+
+def write_clean_twin(vague: Path, clean: Path) -> Path:
+    """Annotations of ``vague`` with every training caption clean again (the generator keeps the
+    original as ``clean_caption``); the videos stay in ``vague``."""
+    clean.mkdir(parents=True, exist_ok=True)
+    data = json.loads((vague / "MSRVTT_data.json").read_text())
+    for sentence in data["sentences"]:
+        if "clean_caption" in sentence:
+            sentence["caption"] = sentence.pop("clean_caption")
+    (clean / "MSRVTT_data.json").write_text(json.dumps(data))
+    for name in ("MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv", "subsets.json"):
+        shutil.copyfile(vague / name, clean / name)
+    return clean
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_arguments(parser, steps=800, lr_new=1e-3)
+    parser.add_argument("--n-train", type=int, default=6000)
+    parser.add_argument("--n-test", type=int, default=1000)
+    parser.add_argument("--vague", type=float, default=0.3, help="share of vague train captions")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--alpha", type=float, default=0.4, help="SD alpha")
+    parser.add_argument("--alpha-ramp", choices=["epoch", "none"], default="epoch")
+    parser.add_argument("--diag-every", type=int, default=25, help="steps between diagnostics")
+    parser.add_argument("--data-seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def arm_config(args: argparse.Namespace, store: ArmStore, arm: str, seed: int) -> Config:
+    data = args.out / "data"
+    root = args.out / "data_clean" if arm == TEACHER else data
+    settings = [
+        f"data.root={root}",
+        f"data.video_dir={data / 'videos'}",
+        f"data.frame_cache={data / 'cache'}",
+        f"model.clip2tv.sd_alpha={args.alpha}",
+        f"model.clip2tv.sd_alpha_ramp={args.alpha_ramp}",
+    ]
+    if arm == FROZEN:
+        settings.append(f"model.clip2tv.teacher_checkpoint={store.run_dir(TEACHER, seed) / 'last'}")
+    base = {**BASE, "train": {**BASE["train"], "batch_size": args.batch}}
+    return short_video_config(args, base, [*settings, *ARMS[arm]], store.run_dir(arm, seed), seed)
+
+
+def train_arm(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    diagnostics = Path(cfg.train.output_dir) / DIAGNOSTICS_FILE
+    diagnostics.parent.mkdir(parents=True, exist_ok=True)
+
+    def wrap(objective: Any) -> Any:
+        return DiagnosticObjective(objective, args.diag_every, diagnostics)
+
+    started = time.perf_counter()
+    clip2tv = cfg.model.kind == "clip2tv"
+    result = train_run(
+        cfg,
+        resume=True,
+        device=args.device,
+        progress=False,
+        wrap_objective=wrap if clip2tv else None,
+    )
+    assert result.last_eval is not None
     return {
         "steps": result.steps,
-        "train_s": round(result.seconds, 1),
-        "eval_s": round(time.perf_counter() - started, 1),
-        "params": sum(p.numel() for p in model.parameters() if isinstance(p, nn.Parameter)),
-        "metrics": metrics,
+        "seconds": time.perf_counter() - started,
+        "metrics": result.last_eval,
+        "diagnostics": read_diagnostics(diagnostics),
     }
 
 
-def _row(label: str, m: dict[str, float], subsets: dict[str, dict[str, float]], info: str) -> str:
-    cells = [f"{m[k]:.1f}" for k in ("t2v/R@1", "t2v/R@5", "t2v/R@10")]
-    cells += [f"{m['t2v/MdR']:g}", f"{m['t2v/MnR']:.1f}", f"{m['v2t/R@1']:.1f}"]
-    cells += [f"{subsets[name]['t2v/R@1']:.1f}" if name in subsets else "-" for name in SUBSETS]
-    return "| " + " | ".join([label, *cells, info]) + " |"
+def result_rows(results: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, float]]]:
+    """Table rows: every arm by vta ranking, arms with vtm also re-ranked."""
+    rows: dict[str, list[dict[str, float]]] = {}
+    for arm, runs in results.items():
+        rows[f"{arm}, vta ranking"] = [
+            {**retrieval_row(r["metrics"]["raw"], r["metrics"]["subsets"]), "train s": r["seconds"]}
+            for r in runs
+        ]
+        if all("rerank" in r["metrics"] for r in runs):
+            k = runs[0]["metrics"]["rerank_k"]
+            rows[f"{arm}, vtm re-ranked (top {k})"] = [
+                retrieval_row(r["metrics"]["rerank"], r["metrics"]["rerank_subsets"]) for r in runs
+            ]
+    return rows
 
 
-SUBSETS = ("order", "attribute")
+DIAGNOSTIC_COLUMNS = (
+    "loss_vta",
+    "loss_vtm",
+    "loss_sd",
+    "grad_norm/vta",
+    "grad_norm/vtm",
+    "grad_norm/sd",
+    "grad_cos/vta-vtm",
+    "offdiag_cos/video",
+    "offdiag_cos/text",
+)
 
 
-def markdown_table(results: dict[str, dict[str, Any]]) -> str:
-    header = (
-        "| arm | t2v R@1 | R@5 | R@10 | MdR | MnR | v2t R@1 | order R@1 | attribute R@1 | "
-        "steps / train s |"
-    )
-    lines = [header, "|" + "---|" * 10]
-    for name, res in results.items():
-        m = res["metrics"]
-        info = f"{res['steps']} / {res['train_s']:.0f}"
-        lines.append(_row(f"{name}, vta ranking", m["raw"], m.get("subsets", {}), info))
-        if "rerank" in m and ARMS[name]["vtm"]:
-            label = f"{name}, vtm re-ranked (K={m['rerank_k']}, w_rr={m['w_rr']:g})"
-            lines.append(_row(label, m["rerank"], m.get("rerank_subsets", {}), info))
-    return "\n".join(lines)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/clip2tv_ablation"))
-    parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS))
-    parser.add_argument("--steps", type=int, default=500, help="optimiser steps per arm")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--n-train", type=int, default=2000)
-    parser.add_argument("--n-test", type=int, default=1000)
-    parser.add_argument("--vague", type=float, default=0.3, help="share of vague train captions")
-    parser.add_argument("--vtm-layers", type=int, default=2)
-    parser.add_argument("--k", type=int, default=16, help="re-ranking depth")
-    parser.add_argument("--w-rr", type=float, default=1.0)
-    parser.add_argument("--alpha", type=float, default=0.4, help="SD alpha")
-    parser.add_argument("--lr", type=float, default=2e-4, help="learning rate of every group")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(args.out, args.n_train, args.n_test, args.vague, args.seed)
-    first = arm_config(args, data, args.arms[0])
-    train_records = read_dataset(first.data, first.data.train_split)
-    test_records = read_dataset(first.data, first.data.test_split)
-    warm_cache(first, train_records + test_records)
-    subsets_path = data / "subsets.json"
-    subsets = json.loads(subsets_path.read_text()) if subsets_path.is_file() else {}
-
-    # Finished arms are reused when every setting that affects them is unchanged.
-    settings = {k: str(v) for k, v in sorted(vars(args).items()) if k not in ("arms", "threads")}
-    settings["base"] = json.dumps(BASE, sort_keys=True)
-    results_path, settings_path = args.out / "results.json", args.out / "settings.json"
-    results: dict[str, dict[str, Any]] = {}
-    same = settings_path.is_file() and json.loads(settings_path.read_text()) == settings
-    if same and results_path.is_file():
-        results = json.loads(results_path.read_text())
-    settings_path.write_text(json.dumps(settings, indent=2))
-    for name in args.arms:
-        if name in results:
-            print(f"== {name}: reusing the finished arm from {results_path}")
+def diagnostic_rows(results: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, float]]]:
+    """Per CLIP2TV arm: its diagnostics at the first and at the last recorded step (per seed)."""
+    rows: dict[str, list[dict[str, float]]] = {}
+    for arm, runs in results.items():
+        logs = [r["diagnostics"] for r in runs if r.get("diagnostics")]
+        if not logs:
             continue
-        cfg = arm_config(args, data, name)
-        print(f"== {name}: training {args.steps} steps")
-        results[name] = run_arm(cfg, train_records, test_records, subsets)
-        results_path.write_text(json.dumps(results, indent=2))
-        print(markdown_table({name: results[name]}))
-    table = markdown_table({name: results[name] for name in args.arms})
-    description = (
-        f"synthetic benchmark, {args.n_train} training videos ({args.vague:.0%} vague captions), "
-        f"{args.n_test}-video clean test split; tiny CLIP from scratch (BASE in the script), "
-        f"batch {args.batch}, {args.steps} steps per arm, seed {args.seed}, vtm {args.vtm_layers} "
-        f"layers, SD α={args.alpha} with an EMA teacher"
+        for label, pick in (("first", 0), ("last", -1)):
+            records = [log[pick] for log in logs]
+            step = int(mean_sd([r["step"] for r in records])[0])
+            rows[f"{arm} @ step {step} ({label})"] = [
+                {c: r[c] for c in DIAGNOSTIC_COLUMNS if c in r} for r in records
+            ]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    arms = select_arms(list(ARMS), args.arms or DEFAULT_ARMS)
+    if FROZEN in arms and TEACHER not in arms:
+        arms.insert(0, TEACHER)  # the frozen arm distils from it
+    data = prepare_short_data(
+        args.out / "data", args.n_train, args.n_test, args.vague, args.data_seed
     )
-    (args.out / "table.md").write_text(description + "\n\n" + table + "\n")
-    print(description)
-    print(table)
+    write_clean_twin(data, args.out / "data_clean")
+    store = ArmStore(args.out)
+    extra = {
+        "backbone": backbone_identity(backbone_section(args)),
+        "data": [args.n_train, args.n_test, args.vague, args.data_seed],
+        "diag_every": args.diag_every,
+    }
+    first = arm_config(args, store, arms[0], args.seeds[0])
+    warm_frame_cache(first, read_dataset(first.data, "train") + read_dataset(first.data, "test"))
+    results = run_arms(
+        store,
+        arms,
+        args.seeds,
+        lambda a, s: fingerprint(arm_config(args, store, a, s), extra),
+        lambda a, s: train_arm(arm_config(args, store, a, s), args),
+    )
+    columns = [c for c, _, _ in RETRIEVAL_COLUMNS] + ["train s"]
+    table = markdown_table(result_rows(results), columns)
+    diag = markdown_table(
+        diagnostic_rows(results), list(DIAGNOSTIC_COLUMNS), first="arm @ step", digits=3
+    )
+    description = (
+        f"CLIP2TV on the synthetic benchmark: {args.n_train} training videos with "
+        f"{args.vague:.0%} vague captions, the clean {args.n_test}-video test split; "
+        f"{describe_backbone(args)}; {args.steps} optimiser steps of batch {args.batch} per arm, "
+        f"new modules at lr {args.lr_new:g}, towers at {args.backbone_fraction:g} × that; SD "
+        f"α={args.alpha:g} (ramp: {args.alpha_ramp}); seeds {args.seeds}; raw similarities. Mean ± "
+        f"sd over seeds.\n\nCommand: {command_line()}"
+    )
+    text = (
+        f"{description}\n\n{table}\n\nDiagnostics on the shared encoder (gradient norms per loss, "
+        f"vta-vtm gradient cosine, mean off-diagonal cosine of the batch's features):\n\n{diag}"
+    )
+    report = {
+        "description": description,
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "summary": summarise(result_rows(results)),
+        "diagnostics": summarise(diagnostic_rows(results)),
+        "runs": results,
+    }
+    write_report(args.out, "clip2tv_ablation", text, report)
+    return report
 
 
 if __name__ == "__main__":

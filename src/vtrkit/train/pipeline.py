@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,10 +114,18 @@ def train_run(
     device: str | None = None,
     progress: bool = True,
     info: DistInfo | None = None,
+    wrap_objective: Callable[[Objective], Objective] | None = None,
 ) -> FitResult:
     """Train as ``cfg`` says (one process, or one of many under torchrun); ``model.kind:
-    videoclip`` trains on stored per-second features (:func:`vtrkit.videoclip.train.run_videoclip`)."""
+    videoclip`` trains on stored per-second features (:func:`vtrkit.videoclip.train.run_videoclip`).
+
+    ``wrap_objective`` receives the built objective and returns the one to train with (e.g. a
+    wrapper that records diagnostics, as ``benchmarks/clip2tv_ablation.py`` does); it must keep
+    the objective's losses.
+    """
     if cfg.model.kind == "videoclip":
+        if wrap_objective is not None:
+            raise ValueError("train_run: wrap_objective is not supported for model.kind=videoclip")
         from vtrkit.videoclip.train import run_videoclip
 
         return run_videoclip(cfg, device, resume=resume, info=info, progress=progress)[0]
@@ -149,6 +158,8 @@ def train_run(
         source = LoaderSource(dataset, collate, cfg, info)
         start = resumed_step(cfg.train.output_dir) if resume else 0
         objective = build_objective(cfg.model, source.steps_per_epoch(), start)
+        if wrap_objective is not None:
+            objective = wrap_objective(objective)
         result = fit(
             cfg,
             model,
