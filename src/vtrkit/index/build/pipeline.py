@@ -43,8 +43,9 @@ px): enough for a few minutes of video at 1 fps, so that workers decoding later 
 work in parallel when the encoder is faster than one decoder (a GPU)."""
 
 
-class _Stopped(Exception):
-    """The pipeline is closing; a worker abandons its video."""
+class _Stopped(BaseException):
+    """The pipeline is closing; a worker abandons its video (a BaseException, so that the
+    decode function's ``except Exception`` for broken files lets it through)."""
 
 
 @dataclass
@@ -135,7 +136,7 @@ class DecodeAhead(Generic[J]):
                 self._put(q, _End(result))
             except _Stopped:
                 return
-            except BaseException as exc:  # handed to the reader, which raises it
+            except BaseException as exc:  # recorded as this video's failure; the build goes on
                 log.debug("decode worker failed", exc_info=True)
                 try:
                     self._put(q, _End(f"{type(exc).__name__}: {exc}"))
