@@ -234,9 +234,18 @@ def test_like_status_and_concurrent_queries(client, served_index):
         together = list(
             pool.map(lambda w: client.get("/api/search", params={"q": w, "k": 4}).json(), words)
         )
-    assert {t["query"]: t["results"] for t in together} == alone
+    # (Equal scores may come in either order: a batched nearest-neighbour search breaks ties
+    # its own way, so scores are compared, and the videos of every score that is not a tie.)
+    for t in together:
+        assert [r["score"] for r in t["results"]] == pytest.approx(
+            [r["score"] for r in alone[t["query"]]], abs=1e-5
+        )
+        scores = [round(r["score"], 4) for r in t["results"]]
+        for r, ref in zip(t["results"], alone[t["query"]], strict=True):
+            if scores.count(round(r["score"], 4)) == 1:
+                assert r["video_id"] == ref["video_id"]
     status = client.get("/api/status").json()
     assert status["counts"]["failed"] == 2 and status["default_rerank"] == 100
     assert status["fingerprint"] == index.library.settings.fingerprint
     # The second round of the same words came from the cache.
-    assert status["query_encoding"]["cache_hits"] >= len(words)
+    assert status["batching"]["cache_hits"] >= len(words)

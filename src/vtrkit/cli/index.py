@@ -372,6 +372,14 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind (localhost by default)."),
     port: int = typer.Option(8000, help="Port."),
     rerank: int | None = typer.Option(None, min=0, help=RERANK_HELP),
+    query_precision: str = typer.Option(
+        "fp32",
+        help="Arithmetic of the query text tower: fp32, or bf16 (about 3x the queries per "
+        "second on CPUs with bf16 instructions; query features within about 1e-4 in cosine).",
+    ),
+    max_batch: int = typer.Option(
+        64, min=1, help="Most concurrent queries encoded in one pass (1: one at a time)."
+    ),
     device: str = typer.Option("cpu", help="Torch device."),
 ) -> None:
     """Serve a search page and JSON API for an index. The model stays loaded; concurrent
@@ -383,4 +391,11 @@ def serve(
         used = index.default_rerank if rerank is None else rerank
         how = f"re-ranking the best {used} windows with the model's head" if used else "cosine"
         typer.echo(f"serving {library} on http://{host}:{port}/ ({how})")
-        run(index, host=host, port=port, default_rerank=used)
+        run(
+            index,
+            host=host,
+            port=port,
+            default_rerank=used,
+            query_precision=query_precision,
+            max_batch=max_batch,
+        )

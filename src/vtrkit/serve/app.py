@@ -10,8 +10,9 @@ for the catalog is a 404. Bad input gets a 4xx with a message saying what is wro
 bad ``k`` or an empty query gets a friendly line instead.
 
 Results are grouped by video (:meth:`~vtrkit.index.VideoIndex.search_videos`) and re-ranked by
-default when the model has a fine-grained head. Concurrent queries are encoded in one batch and
-repeated ones come from a cache (:class:`~vtrkit.serve.batching.QueryEncoder`).
+default when the model has a fine-grained head. Concurrent searches run together in passes (one
+text-tower call and one re-ranking call for all) and repeated queries come from a cache
+(:class:`~vtrkit.serve.batching.SearchBatcher`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from fastapi.templating import Jinja2Templates
 
 from vtrkit.index import Moment, VideoHit, VideoIndex
 from vtrkit.index.results import describe_scores, format_time
-from vtrkit.serve.batching import QueryEncoder
+from vtrkit.serve.batching import SearchBatcher, query_text_encoder
 from vtrkit.serve.media import ThumbnailCache, valid_id
 
 log = logging.getLogger(__name__)
@@ -103,24 +104,32 @@ def _hit_json(hit: VideoHit, duration: float | None) -> dict[str, Any]:
 
 
 def create_app(
-    index: VideoIndex, default_rerank: int | None = None, queries: QueryEncoder | None = None
+    index: VideoIndex,
+    default_rerank: int | None = None,
+    batcher: SearchBatcher | None = None,
+    query_precision: str = "fp32",
+    max_batch: int = 64,
 ) -> FastAPI:
     """A FastAPI app serving ``index``. ``default_rerank`` re-ranks that many candidates when a
     request does not say (None: the index's default, see ``VideoIndex.default_rerank``);
-    ``queries`` encodes query texts (default: a :class:`QueryEncoder` over the index's model)."""
+    ``batcher`` runs the searches (default: a :class:`SearchBatcher` over the index, encoding
+    queries in ``query_precision`` (see :func:`~vtrkit.serve.batching.query_text_encoder`), at
+    most ``max_batch`` per pass)."""
     app = FastAPI(title="vtrkit search", docs_url=None, redoc_url=None)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     catalog = index.catalog
     rerank_default = index.default_rerank if default_rerank is None else default_rerank
-    queries = queries or QueryEncoder(index.encoder.encode_texts)
+    batcher = batcher or SearchBatcher(
+        index, query_text_encoder(index.encoder, query_precision), max_batch=max_batch
+    )
     thumbs = ThumbnailCache(catalog)
-    app.state.queries = queries
+    app.state.batcher = batcher
 
     def run_search(q: str, k: int, rerank: int | None) -> tuple[dict[str, Any], float]:
         started = time.perf_counter()
         used = rerank_default if rerank is None else rerank
-        hits = index.search_videos(q, k=k, rerank=used, query=queries.encode(q))
+        hits = batcher.search(q, k=k, rerank=used)
         results = [_hit_json(h, _duration(h.video_id)) for h in hits]
         took = (time.perf_counter() - started) * 1000
         scored_by = "head" if used else "cosine"
@@ -188,19 +197,14 @@ def create_app(
     @app.get("/api/status")
     def api_status() -> dict[str, Any]:
         settings = index.library.settings
-        stats = queries.stats
         return {
             "counts": catalog.counts(),
             "fingerprint": settings.fingerprint,
             "window_length": settings.window_length,
             "window_stride": settings.window_stride,
             "default_rerank": rerank_default,
-            "query_encoding": {
-                "passes": stats.passes,
-                "encoded": stats.encoded,
-                "cache_hits": stats.cache_hits,
-                "largest_pass": stats.largest_pass,
-            },
+            "query_precision": query_precision,
+            "batching": batcher.stats(),
         }
 
     @app.get("/media/{video_id}")
@@ -238,10 +242,13 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     default_rerank: int | None = None,
+    query_precision: str = "fp32",
+    max_batch: int = 64,
 ) -> None:
     """Run the server until interrupted (binds to localhost unless ``host`` says otherwise)."""
     import uvicorn
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this address can search and watch", host)
-    uvicorn.run(create_app(index, default_rerank), host=host, port=port, log_level="warning")
+    app = create_app(index, default_rerank, query_precision=query_precision, max_batch=max_batch)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
