@@ -244,8 +244,8 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Counts and settings of an index, and every file not fully indexed with the reason:
-    failed, partial (some windows could not be decoded) and skipped (not a video file). Does
-    not load the model."""
+    partial (indexed, but part of the file could not be decoded), failed (not indexed) and
+    skipped (not a video file, or a name the index cannot store). Does not load the model."""
     from dataclasses import asdict
 
     from vtrkit.index.storage.library import Library
@@ -254,9 +254,8 @@ def status(
     lib = Library.open(library)
     try:
         problems = [
-            {"path": v.path, "status": v.status, "reason": v.error or ""}
-            for v in lib.catalog.videos()
-            if v.status != "ok"
+            {"path": v.path, "status": v.condition, "reason": v.reason or ""}
+            for v in lib.catalog.videos_with_status("partial", "failed")
         ]
         info = {
             "index": str(library),
@@ -276,13 +275,10 @@ def status(
         typer.echo(json.dumps(info, indent=2))
         return
     c, s = info["counts"], lib.settings
-    by_status: dict[str, int] = {}
-    for item in problems:
-        by_status[item["status"]] = by_status.get(item["status"], 0) + 1
-    extra = "".join(f", {n} {name}" for name, n in sorted(by_status.items()) if name != "failed")
+    partial = sum(item["status"] == "partial" for item in problems)
     typer.echo(
-        f"{library}: {c['videos']} videos, {c['windows']} windows, {c['failed']} failed{extra}, "
-        f"{len(info['skipped'])} skipped, {c['dead_rows']} dead feature rows"
+        f"{library}: {c['videos']} videos ({partial} partial), {c['windows']} windows, "
+        f"{c['failed']} failed, {len(info['skipped'])} skipped, {c['dead_rows']} dead feature rows"
     )
     if c["dead_rows"]:
         typer.echo(
