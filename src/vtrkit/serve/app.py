@@ -30,6 +30,7 @@ from fastapi.templating import Jinja2Templates
 
 from vtrkit.index import Moment, VideoHit, VideoIndex
 from vtrkit.index.results import describe_scores, format_time
+from vtrkit.index.storage.catalog import VideoRow
 from vtrkit.serve.batching import SearchBatcher, query_text_encoder
 from vtrkit.serve.media import ThumbnailCache, valid_id
 
@@ -103,6 +104,48 @@ def _hit_json(hit: VideoHit, duration: float | None) -> dict[str, Any]:
     return data
 
 
+class _Service:
+    """What the routes share: the index, its catalog, the search batcher and thumbnails."""
+
+    def __init__(self, index: VideoIndex, rerank: int, batcher: SearchBatcher, precision: str):
+        self.index = index
+        self.catalog = index.catalog
+        self.rerank = rerank
+        self.batcher = batcher
+        self.precision = precision
+        self.thumbs = ThumbnailCache(index.catalog)
+
+    def search(self, q: str, k: int, rerank: int | None) -> tuple[dict[str, Any], float]:
+        started = time.perf_counter()
+        used = self.rerank if rerank is None else rerank
+        hits = self.batcher.search(q, k=k, rerank=used)
+        results = [self.hit_json(h) for h in hits]
+        took = (time.perf_counter() - started) * 1000
+        return {"results": results, "scored_by": "head" if used else "cosine", "rerank": used}, took
+
+    def hit_json(self, hit: VideoHit) -> dict[str, Any]:
+        video = self.catalog.video(hit.video_id)
+        return _hit_json(hit, None if video is None else video.duration)
+
+    def indexed_video(self, video_id: int) -> VideoRow:
+        video = self.catalog.video(video_id) if valid_id(video_id) else None
+        if video is None or video.status == "failed":
+            raise HTTPException(404, f"no indexed video with id {video_id}")
+        return video
+
+    def status(self) -> dict[str, Any]:
+        settings = self.index.library.settings
+        return {
+            "counts": self.catalog.counts(),
+            "fingerprint": settings.fingerprint,
+            "window_length": settings.window_length,
+            "window_stride": settings.window_stride,
+            "default_rerank": self.rerank,
+            "query_precision": self.precision,
+            "batching": self.batcher.stats(),
+        }
+
+
 def create_app(
     index: VideoIndex,
     default_rerank: int | None = None,
@@ -116,34 +159,20 @@ def create_app(
     queries in ``query_precision`` (see :func:`~vtrkit.serve.batching.query_text_encoder`), at
     most ``max_batch`` per pass)."""
     app = FastAPI(title="vtrkit search", docs_url=None, redoc_url=None)
-    templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    catalog = index.catalog
-    rerank_default = index.default_rerank if default_rerank is None else default_rerank
-    batcher = batcher or SearchBatcher(
-        index, query_text_encoder(index.encoder, query_precision), max_batch=max_batch
-    )
-    thumbs = ThumbnailCache(catalog)
+    rerank = index.default_rerank if default_rerank is None else default_rerank
+    encode = query_text_encoder(index.encoder, query_precision)
+    batcher = batcher or SearchBatcher(index, encode, max_batch=max_batch)
+    service = _Service(index, rerank, batcher, query_precision)
     app.state.batcher = batcher
+    _page_route(app, service)
+    _api_routes(app, service)
+    _media_routes(app, service)
+    return app
 
-    def run_search(q: str, k: int, rerank: int | None) -> tuple[dict[str, Any], float]:
-        started = time.perf_counter()
-        used = rerank_default if rerank is None else rerank
-        hits = batcher.search(q, k=k, rerank=used)
-        results = [_hit_json(h, _duration(h.video_id)) for h in hits]
-        took = (time.perf_counter() - started) * 1000
-        scored_by = "head" if used else "cosine"
-        return {"results": results, "scored_by": scored_by, "rerank": used}, took
 
-    def _duration(video_id: int) -> float | None:
-        video = catalog.video(video_id)
-        return None if video is None else video.duration
-
-    def indexed_video(video_id: int):
-        video = catalog.video(video_id) if valid_id(video_id) else None
-        if video is None or video.status == "failed":
-            raise HTTPException(404, f"no indexed video with id {video_id}")
-        return video
+def _page_route(app: FastAPI, service: _Service) -> None:
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
 
     @app.get("/", response_class=HTMLResponse)
     def page(
@@ -160,7 +189,7 @@ def create_app(
             "error": None,
             "hint": None,
             "notices": [n for n in (k_notice, r_notice) if n],
-            "counts": catalog.counts(),
+            "counts": service.catalog.counts(),
             "example": EXAMPLE,
         }
         status = 200
@@ -170,46 +199,43 @@ def create_app(
             )
         elif q is not None:
             try:
-                found, context["took_ms"] = run_search(_check_query(q), k_value, r_value)
+                found, context["took_ms"] = service.search(_check_query(q), k_value, r_value)
                 context.update(found)
                 context["scores"] = describe_scores(found["scored_by"], found["rerank"])
             except HTTPException as exc:
                 context["error"], status = exc.detail, exc.status_code
         return templates.TemplateResponse(request, "index.html", context, status_code=status)
 
+
+def _api_routes(app: FastAPI, service: _Service) -> None:
     @app.get("/api/search")
     def api_search(
         q: str | None = None, k: int = Query(10), rerank: int | None = Query(None)
     ) -> dict[str, Any]:
         query = _check_query(q)
         _check_k(k, rerank)
-        found, took = run_search(query, k, rerank)
+        found, took = service.search(query, k, rerank)
         return {"query": query, "k": k, **found, "took_ms": round(took, 2)}
 
     @app.get("/api/like/{video_id}")
     def api_like(video_id: int, k: int = Query(10)) -> dict[str, Any]:
         _check_k(k, None)
-        video = indexed_video(video_id)
-        hits = index.search_videos_like(video.path, k=k)
-        results = [_hit_json(h, _duration(h.video_id)) for h in hits]
+        video = service.indexed_video(video_id)
+        hits = service.index.search_videos_like(video.path, k=k)
+        results = [service.hit_json(h) for h in hits]
         return {"video_id": video_id, "k": k, "results": results, "scored_by": "cosine"}
 
     @app.get("/api/status")
     def api_status() -> dict[str, Any]:
-        settings = index.library.settings
-        return {
-            "counts": catalog.counts(),
-            "fingerprint": settings.fingerprint,
-            "window_length": settings.window_length,
-            "window_stride": settings.window_stride,
-            "default_rerank": rerank_default,
-            "query_precision": query_precision,
-            "batching": batcher.stats(),
-        }
+        return service.status()
+
+
+def _media_routes(app: FastAPI, service: _Service) -> None:
+    jpeg_headers = {"Cache-Control": "max-age=3600"}
 
     @app.get("/media/{video_id}")
     def media(video_id: int) -> FileResponse:
-        video = indexed_video(video_id)
+        video = service.indexed_video(video_id)
         path = Path(video.path)
         if not path.is_file():
             raise HTTPException(410, f"video {video_id} is in the index but its file is gone")
@@ -222,19 +248,17 @@ def create_app(
     def readable_thumb(video_id: int, window_id: int) -> Response:
         jpeg = None
         if valid_id(video_id) and valid_id(window_id):
-            jpeg = thumbs.get(video_id, window_id)
+            jpeg = service.thumbs.get(video_id, window_id)
         if jpeg is None:
             raise HTTPException(404, f"no window {window_id} in video {video_id}")
-        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+        return Response(jpeg, media_type="image/jpeg", headers=jpeg_headers)
 
     @app.get("/thumb/{window_id}.jpg")
     def thumb(window_id: int) -> Response:
-        jpeg = catalog.thumbnail(window_id) if valid_id(window_id) else None
+        jpeg = service.catalog.thumbnail(window_id) if valid_id(window_id) else None
         if jpeg is None:
             raise HTTPException(404, f"no thumbnail for window {window_id}")
-        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
-
-    return app
+        return Response(jpeg, media_type="image/jpeg", headers=jpeg_headers)
 
 
 def serve(
