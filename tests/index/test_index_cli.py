@@ -86,3 +86,26 @@ def test_build_status_search_add_and_refusal(app, tmp_path):
     assert result.exit_code != 0 and "exactly one of --checkpoint" in result.output
     result = runner.invoke(app, ["search", str(tmp_path / "nowhere"), "red"])
     assert result.exit_code == 2 and "not a vtrkit index" in result.output
+
+
+def test_build_takes_window_mode_and_precision_and_refuses_unknown_ones(app, tmp_path):
+    runner = CliRunner()
+    ckpt = make_checkpoint(tmp_path / "run" / "checkpoint", 0)
+    videos = tmp_path / "videos"
+    write_video(videos / "red.mp4", [COLOURS["red"]] * 3)
+    lib = tmp_path / "lib"
+    base = ["index", "build", str(videos), "-o", str(lib), "--checkpoint", str(ckpt)]
+
+    result = runner.invoke(app, [*base, "--windows", "diagonal"])
+    assert result.exit_code == 2 and "--windows must be fixed or shots" in result.output
+    result = runner.invoke(app, [*base, "--precision", "fp64"])
+    assert result.exit_code != 0 and "--precision" in result.output
+    assert not lib.exists()  # refused before anything was written
+
+    result = runner.invoke(app, [*base, "--windows", "shots", "--precision", "fp32"])
+    assert result.exit_code == 0, result.output
+    status = json.loads(runner.invoke(app, ["index", "status", str(lib), "--json"]).output)
+    assert status["counts"]["videos"] == 1
+    # The index keeps its mode: a rebuild asking for the other one is refused, naming --windows.
+    result = runner.invoke(app, [*base, "--windows", "fixed"])
+    assert result.exit_code != 0 and "--windows" in result.output

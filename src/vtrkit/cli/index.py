@@ -124,6 +124,7 @@ def _encoder(
     fps: float,
     device: str,
     batch: int,
+    precision: str = "fp32",
 ):
     from vtrkit.inference import load_backbone_for_index, load_model_for_index
 
@@ -133,9 +134,13 @@ def _encoder(
             "(a CLIP checkpoint used zero-shot with mean pooling)"
         )
     if checkpoint is not None:
-        return load_model_for_index(checkpoint, device=device, batch_size=batch)
+        return load_model_for_index(
+            checkpoint, device=device, batch_size=batch, precision=precision
+        )
     assert backbone is not None
-    return load_backbone_for_index(backbone, num_frames, image_size, fps, device, batch)
+    return load_backbone_for_index(
+        backbone, num_frames, image_size, fps, device, batch, precision=precision
+    )
 
 
 @index_app.command("build")
@@ -163,6 +168,18 @@ def build(
     ),
     batch: int = typer.Option(16, min=1, help="Windows per forward pass."),
     workers: int = typer.Option(2, min=1, help="Decoding threads."),
+    precision: str = typer.Option(
+        "auto",
+        help="Arithmetic of the frame tower: auto (bf16 where the CPU or GPU computes it "
+        "natively, else fp32), fp32, bf16 or int8. Stored features agree with fp32 to a cosine of "
+        "0.9999 (benchmarks/index_build.py); texts and heads stay fp32.",
+    ),
+    windows: str | None = typer.Option(
+        None,
+        "--windows",
+        help="fixed: windows of --window seconds every --stride; shots: windows that start at "
+        "cuts found by PySceneDetect on the decoded frames. Default: the index's own, else fixed.",
+    ),
     prune: bool = typer.Option(
         False,
         help="Also drop videos added with `vtrkit index add` that are not in VIDEOS (by default "
@@ -186,17 +203,22 @@ def build(
     from vtrkit.index.build.incremental import build_index
     from vtrkit.index.build.torchrun_build import DistEnv, build_index_sharded, resolve_device
 
+    if windows not in (None, "fixed", "shots"):
+        raise typer.BadParameter(f"--windows must be fixed or shots, not {windows!r}")
     env = DistEnv.from_env()
     device = resolve_device(device, env)
     plan = plan_build(videos, output, prune)  # a missing VIDEOS fails before the model loads
     with _quiet():
-        encoder = _encoder(checkpoint, backbone, num_frames, image_size, fps, device, batch)
+        encoder = _encoder(
+            checkpoint, backbone, num_frames, image_size, fps, device, batch, precision
+        )
     options: dict[str, Any] = dict(
         window_length=window,
         window_stride=stride,
         batch_windows=batch,
         decode_workers=workers,
         progress=True,
+        windows=windows,
     )
     if env.sharded:
         report = build_index_sharded(plan.paths, output, encoder, **options)
