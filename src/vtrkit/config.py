@@ -284,6 +284,10 @@ class PretrainConfig(_Section):
     twins: float = Field(0.5, ge=0, le=1)
     """Share of training still pairs whose second still is the first with one attribute of one
     object changed (hard negatives; see vtrkit/data/synthetic_stills.py). 0 turns them off."""
+    twin_shape: float = Field(0.25, ge=0, le=1)
+    """Share of the twins that change a shape (colour, size and position share the rest)."""
+    twin_pairs: int = Field(200, ge=1)
+    """Twin pairs per attribute in the check of what the model tells apart."""
     heldout_pairs: int = Field(8, ge=0, le=24)
     """Colour-shape pairs held out of training at ``heldout_positions`` positions each."""
     heldout_positions: int = Field(3, ge=1, le=8)

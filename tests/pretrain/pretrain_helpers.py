@@ -35,6 +35,7 @@ def tiny_config(out: Path, **sections: dict[str, Any]) -> Config:
             "zero_shot_images": 24,
             "probe_train": 40,
             "probe_test": 30,
+            "twin_pairs": 10,
             "zero_shot_video": False,
         },
     }

@@ -126,6 +126,48 @@ def test_probe_accuracy_against_chance() -> None:
     assert abs(noise["accuracy"] - 25) < 12
 
 
+class ColourOnly(torch.nn.Module):
+    """Sees only which colours an image shows and which colour words a caption says: blind to
+    shape, size and position by construction."""
+
+    def __init__(self, tokenizer) -> None:
+        super().__init__()
+        from vtrkit.data.synthetic_scene import COLOURS
+        from vtrkit.data.transforms import CLIP_MEAN, CLIP_STD
+
+        self.rgb = torch.tensor(list(COLOURS.values()), dtype=torch.float32)  # [6, 3]
+        self.mean, self.std = torch.tensor(CLIP_MEAN), torch.tensor(CLIP_STD)
+        self.words = {tokenizer.encode(c)[0]: i for i, c in enumerate(COLOURS)}
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        rgb = (pixels * self.std[:, None, None] + self.mean[:, None, None]) * 255  # [N, 3, S, S]
+        dist = (rgb.permute(0, 2, 3, 1)[:, :, :, None, :] - self.rgb).norm(dim=-1)
+        shown = (dist < 40).flatten(1, 2).any(1).float()  # [N, 6]
+        return torch.nn.functional.normalize(shown + 1e-3, dim=-1)
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        said = torch.zeros(len(ids), len(self.words))
+        for row, tokens in enumerate(ids.tolist()):
+            for token in tokens:
+                if token in self.words:
+                    said[row, self.words[token]] = 1.0
+        return torch.nn.functional.normalize(said + 1e-3, dim=-1)
+
+
+def test_twin_check_shows_what_a_model_ignores(exported) -> None:
+    from vtrkit.data.synthetic_stills import StillStream
+    from vtrkit.eval.pretrain_checks import twin_checks
+
+    _, run = exported
+    tokenizer = build_pretrain_model(tiny_config(run).model.backbone)[1]
+    blind = ColourOnly(tokenizer)
+    out = twin_checks(blind, tokenizer, StillStream(seed=0), 30, 40, 32, 64, CPU)
+    for attribute in ("shape", "size", "position"):
+        # Identical features for a pair give equal scores: never strictly preferred.
+        assert out[attribute] == {"t2i": 0.0, "i2t": 0.0}, attribute
+    assert out["colour"]["t2i"] > 90 and out["colour"]["i2t"] > 90
+
+
 def test_run_checks_reports_every_check(exported) -> None:
     model, run = exported
     cfg = tiny_config(run)
@@ -133,6 +175,7 @@ def test_run_checks_reports_every_check(exported) -> None:
     checks = run_checks(model, tokenizer, cfg, 32, CPU)
     assert checks["zero_shot"]["images"] == 24 and len(checks["heldout"]) == 24
     assert set(checks["probes"]) == {"colour", "shape", "position", "size"}
+    assert set(checks["twins"]) == {"colour", "shape", "position", "size"}
     for r in checks["probes"].values():
         assert 0 <= r["accuracy"] <= 100 and 0 < r["chance"] <= 100
     text = format_checks(checks)

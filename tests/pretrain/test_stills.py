@@ -186,3 +186,38 @@ def test_twins_differ_from_their_neighbour_in_one_attribute(stream: StillStream)
     )
     with pytest.raises(ValueError, match="twins"):
         StillStream(seed=5, twins=1.5)
+
+
+def test_twin_test_pairs_change_the_asked_attribute(stream: StillStream) -> None:
+    for attribute in ("colour", "shape", "size", "position"):
+        pairs = stream.twin_pairs(attribute, 20)
+        assert len(pairs) == 20
+        for base, twin in pairs:
+            assert twin.background == base.background
+            assert not {o.composition for o in base.objects + twin.objects} & stream.heldout
+            changed = [
+                (a, b)
+                for a, b in zip(base.objects, twin.objects, strict=True)
+                if (*a.composition, a.size) != (*b.composition, b.size)
+            ]
+            assert len(changed) == 1
+            a, b = changed[0]
+            differ = [
+                n for n in ("colour", "shape", "size", "position") if getattr(a, n) != getattr(b, n)
+            ]
+            assert differ == [attribute]
+    with pytest.raises(ValueError, match="unknown attribute"):
+        stream.twin_pairs("texture", 1)
+
+
+def test_twin_shape_share_weights_the_changed_attribute() -> None:
+    shape_heavy = StillStream(seed=5, twins=1.0, twin_shape=0.7)
+    kinds = []
+    for index in range(1, 800, 2):
+        base, twin = shape_heavy.still("train", 0, index - 1), shape_heavy.still("train", 0, index)
+        for a, b in zip(base.objects, twin.objects, strict=True):
+            kinds += [
+                n for n in ("colour", "shape", "size", "position") if getattr(a, n) != getattr(b, n)
+            ]
+    assert len(kinds) == 400
+    assert 0.6 < kinds.count("shape") / 400 < 0.8

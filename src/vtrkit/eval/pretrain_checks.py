@@ -7,6 +7,9 @@
 * **Linear probes** on frozen image features of single-object stills: a multinomial logistic
   regression per attribute (colour, shape, position, size) fitted on a probe-train set and scored
   on a probe-test set, against chance (the share of the most frequent class in the test set).
+* **Twins told apart**: per attribute, stills and their one-attribute twins (the same scene with
+  one object's colour, shape, size or position changed): how often a caption prefers its own
+  image and an image its own caption (chance 50 %), which shows an attribute the model ignores.
 * **Zero-shot video retrieval**: the pretrained towers with mean pooling over frames and no video
   training (CLIP4Clip meanP) on the video benchmark's test split, through the ordinary evaluator.
 
@@ -25,6 +28,7 @@ from torch import Tensor, nn
 from vtrkit.config import BackboneConfig, Config, ModelConfig
 from vtrkit.data.synthetic_stills import (
     ATTRIBUTE_CLASSES,
+    TWIN_ATTRIBUTES,
     Still,
     StillStream,
     attribute_labels,
@@ -135,6 +139,35 @@ def probe_checks(
     }
 
 
+@torch.no_grad()
+def twin_checks(
+    model: nn.Module,
+    tokenizer: Any,
+    stream: StillStream,
+    pairs: int,
+    max_words: int,
+    image_size: int,
+    render_size: int,
+    device: torch.device,
+) -> dict[str, dict[str, float]]:
+    """Per attribute, how often the model tells a still from its one-attribute twin (chance 50):
+    ``t2i`` the percent of captions scoring their own image above the twin's, ``i2t`` the
+    percent of images scoring their own caption above the twin's (both members of each pair)."""
+    out = {}
+    for attribute in TWIN_ATTRIBUTES:
+        drawn = stream.twin_pairs(attribute, pairs)
+        stills = [s for pair in drawn for s in pair]
+        image = encode_stills(model, stills, image_size, render_size, device).view(pairs, 2, -1)
+        text = encode_captions(model, tokenizer, [s.caption for s in stills], max_words, device)
+        sim = torch.einsum("pad,pbd->pab", text.view(pairs, 2, -1), image)  # [pairs, text, image]
+        own = sim.diagonal(dim1=1, dim2=2)  # [pairs, 2]
+        swapped = sim.flip(2).diagonal(dim1=1, dim2=2)  # text a with image b and vice versa
+        t2i = (own > swapped).double().mean() * 100
+        i2t = (own > sim.flip(1).diagonal(dim1=1, dim2=2)).double().mean() * 100
+        out[attribute] = {"t2i": float(t2i), "i2t": float(i2t)}
+    return out
+
+
 def zero_shot_video(backbone: BackboneConfig, cfg: Config, device: torch.device) -> dict[str, Any]:
     """CLIP4Clip meanP (no temporal encoder, no video training) on the towers of ``backbone``,
     evaluated on ``cfg.data``'s test split with its subsets: the "zero-shot CLIP" row."""
@@ -170,6 +203,9 @@ def run_checks(
     out["probes"] = probe_checks(
         model, stream, p.probe_train, p.probe_test, image_size, p.render_size, device
     )
+    out["twins"] = twin_checks(
+        model, tokenizer, stream, p.twin_pairs, p.max_words, image_size, p.render_size, device
+    )
     return out
 
 
@@ -196,4 +232,10 @@ def format_checks(checks: dict[str, Any]) -> str:
     for name, r in checks["probes"].items():
         before = f"  init {init['probes'][name]['accuracy']:5.1f}" if init.get("probes") else ""
         lines.append(f"  {name:<9} {r['accuracy']:5.1f}{before}  chance {r['chance']:4.1f}")
+    if "twins" in checks:
+        lines.append("one-attribute twins told apart, text->image / image->text % (chance 50):")
+        for name, r in checks["twins"].items():
+            before = init.get("twins", {}).get(name)
+            was = f"  init {before['t2i']:5.1f} / {before['i2t']:5.1f}" if before else ""
+            lines.append(f"  {name:<9} {r['t2i']:5.1f} / {r['i2t']:5.1f}{was}")
     return "\n".join(lines)
