@@ -137,7 +137,8 @@ def zero_shot(cfg: Config, device: str | None) -> dict[str, Any]:
     records = read_dataset(cfg.data, cfg.data.test_split)
     started = time.perf_counter()
     with torch.no_grad():
-        metrics = run_evaluation(cfg, model, tokenizer, records, info.device, load_subsets(cfg))
+        subsets = load_subsets(cfg)
+        metrics = run_evaluation(cfg, model, tokenizer, records, info.device, subsets, False)
     return {"steps": 0, "seconds": 0.0, "eval_s": time.perf_counter() - started, "metrics": metrics}
 
 
