@@ -10,7 +10,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +63,26 @@ def format_results_table(
 
     reference: optional published numbers with the same keys (``t2v/R@1``, ...), shown first.
     """
+    counts = [
+        f"{key.removeprefix('num_')}={results[key]}"
+        for key in ("num_texts", "num_videos", "num_failed_videos")
+        if key in results
+    ]
+    heading = [title] if title else []
+    if counts:
+        heading.append(", ".join(counts))
+    return format_rows_table(result_rows(results, reference), heading)
+
+
+def format_rows_table(
+    rows: Sequence[tuple[str, Mapping[str, float]]], heading: Sequence[str] = ()
+) -> str:
+    """The table of :func:`format_results_table` for any labelled rows (e.g. several models
+    side by side), under the ``heading`` lines."""
     header = ["", *(f"{d}/{m}" for d in DIRECTIONS for m in METRIC_NAMES)]
     body = [
         [label, *(_cell(metrics.get(f"{d}/{m}"), m) for d in DIRECTIONS for m in METRIC_NAMES)]
-        for label, metrics in result_rows(results, reference)
+        for label, metrics in rows
     ]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
 
@@ -75,16 +91,7 @@ def format_results_table(
         rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
         return "  ".join([first, *rest]).rstrip()
 
-    lines = []
-    if title:
-        lines.append(title)
-    counts = [
-        f"{key.removeprefix('num_')}={results[key]}"
-        for key in ("num_texts", "num_videos", "num_failed_videos")
-        if key in results
-    ]
-    if counts:
-        lines.append(", ".join(counts))
+    lines = list(heading)
     lines += [line(header), line(["-" * w for w in widths]), *(line(r) for r in body)]
     return "\n".join(lines)
 
