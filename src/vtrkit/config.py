@@ -159,6 +159,8 @@ class VideoClipConfig(_Section):
     pairs_per_video: int = 16
     text_to_video_only: bool = False
     """Fine-tuning loss direction (published fine-tuning uses text->video only)."""
+    dropout: float = Field(0.1, ge=0, lt=1)
+    """Hidden and attention dropout of the randomly initialised BERTs (BERT's default 0.1)."""
     tokenizer: Path | None = None
     """HF tokenizer folder; default: the text encoder's folder, else a word vocabulary built
     from the training captions and saved as <output_dir>/tokenizer."""

@@ -267,18 +267,7 @@ class ModelEncoder:
         """[T, K]: ``model.similarity`` (X-CLIP's multi-grained logits, cosine·λ for CLIP4Clip);
         for CLIP2TV with its matching head, ``vta/λ + w_rr · p_match`` as in SPEC §2."""
         text, video = text.to(self.device), video.to(self.device)
-        sim = self.model.similarity(text, video).float()
-        fusion = getattr(self.model, "fusion", None)
-        match = getattr(self.model, "match_probability", None)
-        if fusion is None or match is None:
-            return sim.cpu()
-        t, k = sim.shape
-        pairs = torch.stack(
-            [torch.arange(t).repeat_interleave(k), torch.arange(k).repeat(t)], dim=1
-        )
-        p_match = match(text, video, pairs).float().view(t, k)
-        w_rr = float(self.model.cfg.w_rr)  # type: ignore[attr-defined]
-        return (sim / self.model.logit_scale.exp().float() + w_rr * p_match).cpu()
+        return self.model.rerank_scores(text, video).float().cpu()
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
