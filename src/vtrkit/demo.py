@@ -155,6 +155,8 @@ def ensure_pretrained(data: Path, run_dir: Path, overrides: list[str]) -> Any:
             f"data.root={data}",
             f"data.frame_cache={data / 'cache'}",
             f"train.output_dir={run_dir}",
+            # The demo evaluates the zero-shot video row itself, with the fine-tuning settings.
+            "pretrain.zero_shot_video=false",
             *overrides,
         ],
     )

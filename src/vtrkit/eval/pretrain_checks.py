@@ -4,8 +4,9 @@
   (a colour-shape pair at a position never seen in training), one distinct caption per image:
   text→image and image→text R@1/5/10, MdR, MnR (ties counted in the ground truth's favour, as in
   :mod:`vtrkit.eval.metrics`).
-* **Linear probes** on frozen image features of single-object stills: a multinomial logistic
-  regression per attribute (colour, shape, position, size) fitted on a probe-train set and scored
+* **Linear probes** on frozen image features of single-object stills: a linear classifier per
+  attribute (colour, shape, position, size; ridge regression to one-hot targets, solved in closed
+  form, so no optimiser besides the training loop's steps anywhere) fitted on a probe-train set and scored
   on a probe-test set, against chance (the share of the most frequent class in the test set).
 * **Twins told apart**: per attribute, stills and their one-attribute twins (the same scene with
   one object's colour, shape, size or position changed): how often a caption prefers its own
@@ -79,31 +80,23 @@ def image_text_retrieval(text: Tensor, image: Tensor) -> dict[str, float]:
 
 
 def fit_linear_probe(
-    x: Tensor, y: Tensor, classes: int, weight_decay: float = 1e-4, iterations: int = 100
+    x: Tensor, y: Tensor, classes: int, ridge: float = 1e-3
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Multinomial logistic regression on standardised features, full-batch L-BFGS from zero.
+    """A linear classifier on standardised features, solved in closed form (ridge regression to
+    one-hot targets, predicted class = argmax): a probe with no optimiser and no iterations, so
+    its accuracy depends only on the features.
 
-    x: [N, D] features, y: [N] long labels in 0..C-1. Returns (weight [D, C], bias [C], mean [D],
-    std [D]); deterministic for given inputs.
+    x: [N, D] features, y: [N] long labels in 0..C-1; ``ridge`` scales the penalty λ = ridge · N.
+    Returns (weight [D, C], bias [C], mean [D], std [D]); deterministic for given inputs.
     """
     x = x.double()
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     z = (x - mean) / std
-    weight = torch.zeros(x.shape[1], classes, dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS(
-        [weight, bias], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe"
-    )
-
-    def closure() -> Tensor:
-        optimizer.zero_grad()
-        loss = F.cross_entropy(z @ weight + bias, y) + weight_decay * weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimizer.step(closure)
-    return weight.detach(), bias.detach(), mean, std
+    targets = F.one_hot(y, classes).double()
+    offset = targets.mean(0)  # the bias: features are centred, so it is the class frequencies
+    gram = z.T @ z + ridge * len(z) * torch.eye(z.shape[1], dtype=torch.float64)
+    weight = torch.linalg.solve(gram, z.T @ (targets - offset))
+    return weight, offset, mean, std
 
 
 def probe_accuracy(
