@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
+from test_loop_resume import PairData, collate
 from torch import nn
-from torch.utils.data import Dataset
 
 from vtrkit.config import Config
 from vtrkit.distributed import DistInfo
@@ -22,23 +22,6 @@ from vtrkit.train.loop import fit
 from vtrkit.train.sources import LoaderSource
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "vtrkit"
-
-
-class Pairs(Dataset):
-    def __init__(self, n: int = 48) -> None:
-        g = torch.Generator().manual_seed(0)
-        self.video = torch.randn(n, 6, generator=g)
-        self.text = self.video + 0.3 * torch.randn(n, 6, generator=g)
-
-    def __len__(self) -> int:
-        return len(self.video)
-
-    def __getitem__(self, i: int):
-        return {"video": self.video[i], "input_ids": self.text[i]}
-
-
-def collate(items):
-    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
 class DropoutDualEncoder(nn.Module):
@@ -82,7 +65,7 @@ def _cfg(out: Path, **train) -> Config:
 
 
 def _run(cfg: Config, info: DistInfo, resume: bool = False):
-    source = LoaderSource(Pairs(), collate, cfg, info)
+    source = LoaderSource(PairData(), collate, cfg, info)
     model = DropoutDualEncoder()
     torch.manual_seed(100 + info.rank)  # each process its own dropout stream
     return fit(cfg, model, source, GatheredInfoNCE(), info, resume=resume)
