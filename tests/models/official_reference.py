@@ -14,6 +14,23 @@ import math
 import torch
 from torch import Tensor
 
+from vtrkit.config import ClipArch
+
+# The tiny CLIP both official-code tests use: heads = width // 64, as an official checkpoint implies.
+NF, NW, S, D = 4, 8, 16, 64
+ARCH = ClipArch(
+    embed_dim=D,
+    image_size=S,
+    patch_size=8,
+    vision_width=64,
+    vision_layers=1,
+    vision_heads=1,
+    text_width=64,
+    text_layers=2,
+    text_heads=1,
+)
+CAPTIONS = ["a red circle moves left", "a dog", "two blue squares grow then shrink slowly"]
+
 
 def tf_layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-12) -> Tensor:
     """until_module.LayerNorm: (x - mean) / sqrt(var + eps), then the affine map."""

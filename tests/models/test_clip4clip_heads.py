@@ -6,28 +6,25 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from official_reference import openai_block, residual_block, tf_layer_norm
+from official_reference import (
+    ARCH,
+    CAPTIONS,
+    NF,
+    NW,
+    D,
+    S,
+    openai_block,
+    residual_block,
+    tf_layer_norm,
+)
 
-from vtrkit.config import BackboneConfig, ClipArch, DataConfig, ModelConfig, TightConfig
+from vtrkit.config import BackboneConfig, DataConfig, ModelConfig, TightConfig
 from vtrkit.losses.contrastive import symmetric_infonce
 from vtrkit.models.build import build_model
 from vtrkit.models.seqlstm import SeqLstmEncoder
 
 torch.set_num_threads(1)
-NF, NW, S, D = 4, 8, 16, 64
-ARCH = ClipArch(
-    embed_dim=D,
-    image_size=S,
-    patch_size=8,
-    vision_width=64,
-    vision_layers=1,
-    vision_heads=1,
-    text_width=64,
-    text_layers=2,
-    text_heads=1,
-)
 DATA = DataConfig(num_frames=NF, max_words=NW, image_size=S)
-CAPTIONS = ["a red circle moves left", "a dog", "two blue squares grow then shrink slowly"]
 
 
 def build(kind: str, **kwargs):

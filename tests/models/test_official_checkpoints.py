@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from official_reference import official_blocks, transformer_clip
+from official_reference import ARCH, CAPTIONS, NF, NW, D, S, official_blocks, transformer_clip
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -33,23 +33,10 @@ from vtrkit.checkpoint import (
     resolve_checkpoint,
 )
 from vtrkit.cli import _register_all, app
-from vtrkit.config import BackboneConfig, ClipArch, DataConfig, ModelConfig
+from vtrkit.config import BackboneConfig, DataConfig, ModelConfig
 from vtrkit.models.build import build_model
 
 torch.set_num_threads(1)
-NF, NW, S, D = 4, 8, 16, 64
-ARCH = ClipArch(
-    embed_dim=D,
-    image_size=S,
-    patch_size=8,
-    vision_width=64,
-    vision_layers=1,
-    vision_heads=1,
-    text_width=64,
-    text_layers=2,
-    text_heads=1,
-)  # heads = width // 64, which is what an official checkpoint implies
-CAPTIONS = ["a red circle moves left", "a dog", "two blue squares grow then shrink slowly"]
 
 
 def trained_like(kind: str, seed: int = 0, **kwargs):
