@@ -103,7 +103,15 @@ def warm_frame_cache(cfg: Config, records: list[VideoRecord], workers: int = 2) 
     from vtrkit.data.dataset import VideoTextDataset, collate
 
     dataset = VideoTextDataset.from_config(records, None, cfg.data, "videos")
-    loader = DataLoader(dataset, batch_size=64, num_workers=workers, collate_fn=collate)
+    # Spawned, not forked: the process may already run threads (decoders, BLAS), and a forked
+    # child can inherit a lock one of them held and wait on it forever.
+    loader = DataLoader(
+        dataset,
+        batch_size=64,
+        num_workers=workers,
+        collate_fn=collate,
+        multiprocessing_context="spawn" if workers > 0 else None,
+    )
     for _ in tqdm(loader, desc="decoding videos into the frame cache", unit="batch"):
         pass
 
