@@ -31,11 +31,11 @@ import numpy as np
 import torch
 
 from vtrkit.data.decode import load_frames, read_sampled_frames
-from vtrkit.data.sampling import sample_frame_indices
+from vtrkit.data.sampling import FrameSampling, sample_frame_indices
 from vtrkit.data.transforms import resize_and_crop
 
 SECONDS, FPS, WIDTH, HEIGHT = 10, 30, 320, 240
-NUM_FRAMES, SAMPLE_FPS, SIZE = 12, 1.0, 224
+SAMPLING = FrameSampling(num_frames=12, fps=1.0, image_size=224)
 
 
 def write_clip(path: Path, keyint: int | None) -> Path:
@@ -78,9 +78,9 @@ def decode_everything(path: Path) -> torch.Tensor:
         for frame in container.decode(stream):
             images.append(frame.to_ndarray(format="rgb24"))
             times.append(frame.pts * base)
-    chosen = sample_frame_indices(times, NUM_FRAMES, SAMPLE_FPS)
+    chosen = sample_frame_indices(times, SAMPLING.num_frames, SAMPLING.fps)
     picked = torch.from_numpy(np.stack([images[i] for i in chosen]))
-    return resize_and_crop(picked, SIZE)
+    return resize_and_crop(picked, SAMPLING.image_size)
 
 
 def time_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
@@ -107,24 +107,23 @@ def main() -> None:
             "x264 default (250)": write_clip(Path(tmp) / "gop250.mp4", None),
         }
         methods: dict[str, Callable[[Path], object]] = {
-            "sampler (seek)": lambda p: read_sampled_frames(p, NUM_FRAMES, SAMPLE_FPS, None, SIZE),
-            "sampler (linear)": lambda p: read_sampled_frames(
-                p, NUM_FRAMES, SAMPLE_FPS, None, SIZE, seek=False
-            ),
+            "sampler (seek)": lambda p: read_sampled_frames(p, SAMPLING),
+            "sampler (linear)": lambda p: read_sampled_frames(p, SAMPLING, seek=False),
             "decode all": decode_everything,
-            "load_frames": lambda p: load_frames(p, NUM_FRAMES, SAMPLE_FPS, None, SIZE),
+            "load_frames": lambda p: load_frames(p, SAMPLING),
         }
         for path in clips.values():
-            sampled = read_sampled_frames(path, NUM_FRAMES, SAMPLE_FPS, None, SIZE)[0]
+            sampled = read_sampled_frames(path, SAMPLING)[0]
             assert torch.equal(sampled, decode_everything(path)), "sampler and baseline disagree"
         table = {
             method: {clip: time_ms(partial(fn, path), args.repeats) for clip, path in clips.items()}
             for method, fn in methods.items()
         }
     width = 24
+    n, fps, size = SAMPLING.num_frames, SAMPLING.fps, SAMPLING.image_size
     print(
-        f"{SECONDS}-s {WIDTH}x{HEIGHT} {FPS}-fps H.264 -> {NUM_FRAMES} frames at {SAMPLE_FPS:g} fps, "
-        f"{SIZE}x{SIZE}, 1 thread; median ms per video, CPU (wall)"
+        f"{SECONDS}-s {WIDTH}x{HEIGHT} {FPS}-fps H.264 -> {n} frames at {fps:g} fps, "
+        f"{size}x{size}, 1 thread; median ms per video, CPU (wall)"
     )
     header = f"{'method':<22}" + "".join(f"{clip:>{width}}" for clip in clips)
     print(header)

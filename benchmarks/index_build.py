@@ -110,7 +110,8 @@ def vit_b32_encoder(batch_windows: int, precision: str) -> ModelEncoder:
 
 def bare_encoder_fps(encoder: ModelEncoder, batches: int) -> float:
     """Frames/s of the frame tower alone on ``batches`` batches of ``encoder.frame_batch``."""
-    images = torch.randn(encoder.frame_batch, 3, encoder.image_size, encoder.image_size)
+    size = encoder.sampling.image_size
+    images = torch.randn(encoder.frame_batch, 3, size, size)
     encoder.encode_frame_images(images[:2])  # warm up
     started = time.perf_counter()
     for _ in range(batches):

@@ -6,6 +6,7 @@ import torch
 import vtrkit
 from vtrkit.config import load_config
 from vtrkit.data.decode import load_frames
+from vtrkit.data.sampling import FrameSampling
 from vtrkit.data.synthetic import generate
 from vtrkit.models.build import build_model
 from vtrkit.train.checkpoint import save_checkpoint
@@ -32,6 +33,7 @@ def test_load_encode_score_matches_model(tmp_path):
     save_checkpoint(tmp_path / "run" / "best", model, cfg)
 
     loaded = vtrkit.load_model(tmp_path / "run")
+    assert loaded.sampling == FrameSampling(4, 1.0, 32) == cfg.data.sampling
     feats = vtrkit.encode_videos(loaded, videos)
     texts = vtrkit.encode_texts(loaded, ["a red circle moves left", "a blue square grows"])
     scores = vtrkit.similarity(loaded, texts, feats)
@@ -39,7 +41,7 @@ def test_load_encode_score_matches_model(tmp_path):
 
     model.eval()
     with torch.no_grad():
-        clips = [load_frames(p, 4, 1.0, size=32) for p in videos]
+        clips = [load_frames(p, FrameSampling(4, 1.0, 32)) for p in videos]
         ref_video = model.encode_video(
             torch.stack([c[0] for c in clips]), torch.stack([c[1] for c in clips])
         )

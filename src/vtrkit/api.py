@@ -44,15 +44,14 @@ def encode_videos(
     paths: Sequence[str | Path],
     window: tuple[float, float] | None = None,
 ) -> VideoFeatures:
-    """Decode each video with the model's sampling (SPEC §0) and encode it: V = len(paths).
+    """Decode each video with the model's sampling (``model.sampling``, SPEC §0) and encode it:
+    V = len(paths).
 
     Raises :class:`~vtrkit.data.decode.VideoDecodeError` naming the first file that fails.
     """
     clips, masks = [], []
     for path in paths:
-        frames, mask, _ = load_frames(
-            path, model.num_frames, model.fps, window=window, size=model.image_size
-        )
+        frames, mask, _ = load_frames(path, model.sampling, window)
         clips.append(frames)
         masks.append(mask)
     return model.encode_video_windows(torch.stack(clips), torch.stack(masks))

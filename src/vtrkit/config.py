@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from vtrkit.data.sampling import FrameSampling
+
 
 class ConfigError(ValueError):
     """A configuration file, key or value is wrong; the message names it and says what to fix."""
@@ -51,6 +53,12 @@ class DataConfig(_Section):
     frame_cache: Path | None = None
     """Folder for a uint8 cache of decoded, resized frames (decode each video once)."""
     num_workers: int = Field(2, ge=0)
+
+    @property
+    def sampling(self) -> FrameSampling:
+        """``num_frames``, ``fps`` and ``image_size`` as the one value decoding and models take
+        (the YAML keeps the three keys)."""
+        return FrameSampling(self.num_frames, self.fps, self.image_size)
 
 
 class ClipArch(_Section):

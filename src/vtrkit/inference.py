@@ -15,6 +15,7 @@ import json
 import logging
 import warnings
 from copy import deepcopy
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor
 
 from vtrkit.config import Config, DataConfig
+from vtrkit.data.sampling import FrameSampling
 from vtrkit.models.base import RetrievalModel, TextFeatures, VideoFeatures
 
 log = logging.getLogger(__name__)
@@ -31,12 +33,9 @@ log = logging.getLogger(__name__)
 class Encoder(Protocol):
     """A text/video encoder as the index uses it."""
 
-    num_frames: int
-    """Nf: frame slots per window."""
-    image_size: int
-    """S: frames are square S×S after preprocessing."""
-    fps: float
-    """Frames sampled per second of video before thinning to Nf."""
+    sampling: FrameSampling
+    """How windows are sampled: ``num_frames`` (Nf frame slots per window), ``fps`` (frames per
+    second of video before thinning to Nf) and ``image_size`` (S: frames are square S×S)."""
 
     def encode_video_windows(self, frames: Tensor, mask: Tensor) -> VideoFeatures:
         """frames [N, Nf, 3, S, S] normalised float, mask [N, Nf] bool -> features of N windows."""
@@ -182,9 +181,7 @@ class ModelEncoder:
         self.data_cfg = data_cfg
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.num_frames = data_cfg.num_frames
-        self.image_size = data_cfg.image_size
-        self.fps = data_cfg.fps
+        self.sampling = data_cfg.sampling
         self._fingerprint: str | None = None
         self.precision = precision
         self.encodes_frames = _splits_video_encoding(self.model)
@@ -205,7 +202,7 @@ class ModelEncoder:
     @property
     def frame_batch(self) -> int:
         """Frames per forward pass of the frame tower: ``batch_size`` windows of Nf frames."""
-        return self.batch_size * self.num_frames
+        return self.batch_size * self.sampling.num_frames
 
     @torch.no_grad()
     def encode_frame_images(self, images: Tensor) -> Tensor:
@@ -271,12 +268,8 @@ class ModelEncoder:
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            settings = {
-                "num_frames": self.num_frames,
-                "image_size": self.image_size,
-                "fps": self.fps,
-                "max_words": self.data_cfg.max_words,
-            }
+            # The same keys and values as before FrameSampling, so fingerprints are unchanged.
+            settings = {**asdict(self.sampling), "max_words": self.data_cfg.max_words}
             self._fingerprint = fingerprint_model(self.model, settings)
         return self._fingerprint
 
@@ -308,25 +301,22 @@ def load_model_for_index(
     )
 
 
-def zero_shot_config(
-    backbone: str | Path, num_frames: int = 12, image_size: int = 224, fps: float = 1.0
-) -> Config:
-    """Config of a zero-shot CLIP4Clip (mean pooling, no temporal encoder) on a CLIP checkpoint."""
+def zero_shot_config(backbone: str | Path, sampling: FrameSampling = FrameSampling()) -> Config:
+    """Config of a zero-shot CLIP4Clip (mean pooling, no temporal encoder) on a CLIP checkpoint,
+    its data section sampling frames as ``sampling`` says."""
     cfg = Config()
     cfg.model.kind = "meanP"
     cfg.model.temporal = False
     cfg.model.backbone.checkpoint = Path(backbone)
-    cfg.data.num_frames = num_frames
-    cfg.data.image_size = image_size
-    cfg.data.fps = fps
+    cfg.data.num_frames = sampling.num_frames
+    cfg.data.image_size = sampling.image_size
+    cfg.data.fps = sampling.fps
     return cfg
 
 
 def load_backbone_for_index(
     backbone: str | Path,
-    num_frames: int = 12,
-    image_size: int = 224,
-    fps: float = 1.0,
+    sampling: FrameSampling = FrameSampling(),
     device: str | torch.device = "cpu",
     batch_size: int = 16,
     precision: Precision = "fp32",
@@ -336,20 +326,20 @@ def load_backbone_for_index(
     ``backbone`` is a local checkpoint (OpenAI .pt, open_clip state dict, Hugging Face folder, or
     an official X-CLIP/CLIP4Clip file, whose ``clip.*`` towers are used), or a Hub id / OpenAI
     name resolved through the local Hugging Face cache (:mod:`vtrkit.backbones.hub`).
+    ``sampling`` is recorded in the encoder's ``source`` (keys ``num_frames``, ``fps``,
+    ``image_size``, as index catalogs store them).
     """
     from vtrkit.backbones.hub import resolve_backbone
     from vtrkit.models.build import build_model
 
     path = resolve_backbone(backbone)  # raises FileNotFoundError naming what to give or fetch
-    cfg = zero_shot_config(path, num_frames, image_size, fps)
+    cfg = zero_shot_config(path, sampling)
     model, tokenizer = build_model(cfg.model, cfg.data)
     source = {
         "kind": "backbone",
         "path": str(path.resolve()),
         "name": str(backbone),
-        "num_frames": num_frames,
-        "image_size": image_size,
-        "fps": fps,
+        **asdict(sampling),
     }
     return ModelEncoder(model, tokenizer, cfg.data, device, batch_size, source, precision)
 
@@ -363,12 +353,7 @@ def encoder_from_source(
         return load_model_for_index(source["path"], device=device, batch_size=batch_size)
     if kind == "backbone":
         return load_backbone_for_index(
-            source["path"],
-            num_frames=int(source["num_frames"]),
-            image_size=int(source["image_size"]),
-            fps=float(source["fps"]),
-            device=device,
-            batch_size=batch_size,
+            source["path"], FrameSampling.from_dict(source), device=device, batch_size=batch_size
         )
     raise ValueError(
         f"the index was built with a custom encoder ({source!r}); pass the same encoder to "

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,8 +18,10 @@ from vtrkit.data import decode
 from vtrkit.data.cache import FrameCache
 from vtrkit.data.dataset import VideoTextDataset, caption_key, collate, frames_from_uint8
 from vtrkit.data.records import VideoRecord
+from vtrkit.data.sampling import FrameSampling
 
 NF, NW, S = 4, 8, 32
+SAMPLING = FrameSampling(NF, 1.0, S)
 LEVEL_BASE, LEVEL_STEP = 16, 5
 
 
@@ -70,10 +73,10 @@ def test_caption_key_is_normalised_and_stable() -> None:
 
 
 def test_pairs_items_match_decoder_and_batch_shapes(records) -> None:
-    ds = VideoTextDataset(records, WordTokenizer(), NF, NW, S, 1.0, "pairs")
+    ds = VideoTextDataset(records, WordTokenizer(), SAMPLING, NW, "pairs")
     assert len(ds) == 3
     item = ds[2]
-    frames, mask, _ = decode.load_frames(records[1].path, NF, 1.0, (1.0, 2.0), S)
+    frames, mask, _ = decode.load_frames(records[1].path, SAMPLING, (1.0, 2.0))
     assert torch.equal(item["frames"], frames) and torch.equal(item["video_mask"], mask)
     assert mask.tolist() == [True, False, False, False]  # one second in the window at 1 fps
     assert grey_index(item["frames"][0]) == 10  # the frame at t = 1 s of a 10-fps clip
@@ -89,16 +92,16 @@ def test_pairs_items_match_decoder_and_batch_shapes(records) -> None:
 
 
 def test_videos_and_texts_modes(records) -> None:
-    videos = VideoTextDataset(records, None, NF, NW, S, 1.0, "videos")
+    videos = VideoTextDataset(records, None, SAMPLING, NW, "videos")
     assert len(videos) == 2 and set(videos[1]) == {"frames", "video_mask", "video_index"}
     assert [grey_index(videos[0]["frames"][k]) for k in range(3)] == [0, 10, 20]
-    texts = VideoTextDataset(records, WordTokenizer(), NF, NW, S, 1.0, "texts")
+    texts = VideoTextDataset(records, WordTokenizer(), SAMPLING, NW, "texts")
     assert len(texts) == 3 and "frames" not in texts[0]
     assert texts.text_to_video.tolist() == [0, 0, 1]
     assert [int(texts[i]["video_index"]) for i in range(3)] == [0, 0, 1]
     assert texts.captions[1] == "a blue square moves"
     with pytest.raises(ValueError, match="mode"):
-        VideoTextDataset(records, None, NF, NW, S, 1.0, "frames")  # type: ignore[arg-type]
+        VideoTextDataset(records, None, SAMPLING, NW, "frames")  # type: ignore[arg-type]
 
 
 def test_unexpanded_pairs_draw_each_caption(records, tmp_path) -> None:
@@ -106,7 +109,7 @@ def test_unexpanded_pairs_draw_each_caption(records, tmp_path) -> None:
         num_frames=NF, max_words=NW, image_size=S, expand_sentences=False, frame_cache=tmp_path
     )
     ds = VideoTextDataset.from_config(records, WordTokenizer(), cfg, "pairs")
-    assert (ds.num_frames, ds.max_words, ds.image_size, ds.expand) == (NF, NW, S, False)
+    assert (ds.sampling, ds.max_words, ds.expand) == (SAMPLING, NW, False)
     assert ds.cache is not None and ds.cache.root == tmp_path
     assert len(ds) == 2
     torch.manual_seed(0)
@@ -119,7 +122,7 @@ def test_failed_video_is_skipped_counted_and_dropped_by_validate(
 ) -> None:
     bad = VideoRecord("bad", broken_videos["truncated"], ["a broken clip"], "test")
     text = VideoRecord("txt", broken_videos["text"], ["not a video"], "test")
-    ds = VideoTextDataset([records[0], bad, text], WordTokenizer(), NF, NW, S, 1.0, "pairs")
+    ds = VideoTextDataset([records[0], bad, text], WordTokenizer(), SAMPLING, NW, "pairs")
     with caplog.at_level(logging.WARNING):
         items = [ds[i] for i in range(len(ds))]
     assert [it is None for it in items] == [False, False, True, True]
@@ -131,7 +134,7 @@ def test_failed_video_is_skipped_counted_and_dropped_by_validate(
     loader = DataLoader(ds, batch_size=4, num_workers=0, collate_fn=collate)
     assert [b["frames"].shape[0] for b in loader] == [2]
 
-    fresh = VideoTextDataset([bad, records[0], text], WordTokenizer(), NF, NW, S, 1.0, "pairs")
+    fresh = VideoTextDataset([bad, records[0], text], WordTokenizer(), SAMPLING, NW, "pairs")
     dropped = fresh.validate()
     assert set(dropped) == {"bad", "txt"}
     assert [r.video_id for r in fresh.records] == ["a"] and len(fresh) == 2
@@ -140,9 +143,9 @@ def test_failed_video_is_skipped_counted_and_dropped_by_validate(
 
 def test_cache_gives_identical_frames_and_decodes_once(records, tmp_path, monkeypatch) -> None:
     cache = FrameCache(tmp_path / "cache")
-    plain = VideoTextDataset(records, None, NF, NW, S, 1.0, "videos")
+    plain = VideoTextDataset(records, None, SAMPLING, NW, "videos")
     expected = [plain[i] for i in range(2)]
-    cached = VideoTextDataset(records, None, NF, NW, S, 1.0, "videos", cache=cache)
+    cached = VideoTextDataset(records, None, SAMPLING, NW, "videos", cache=cache)
     for _ in range(2):
         for i in range(2):
             item = cached[i]
@@ -154,30 +157,32 @@ def test_cache_gives_identical_frames_and_decodes_once(records, tmp_path, monkey
         raise AssertionError("decoded although cached")
 
     monkeypatch.setattr(decode, "read_sampled_frames", no_decoding)
-    again = VideoTextDataset(records, None, NF, NW, S, 1.0, "videos", cache=tmp_path / "cache")
+    again = VideoTextDataset(records, None, SAMPLING, NW, "videos", cache=tmp_path / "cache")
     assert torch.equal(again[0]["frames"], expected[0]["frames"])
     stored = sorted(p.name for p in (tmp_path / "cache").rglob("*") if p.is_file())
     assert len(stored) == 4 and not any(n.startswith(".tmp") for n in stored)
 
     # A changed file (new mtime) or other sampling parameters miss the cache.
-    key = cache.key(records[0].path, NF, 1.0, None, S)
-    assert key != cache.key(records[0].path, NF + 1, 1.0, None, S)
-    assert key != cache.key(records[0].path, NF, 1.0, (0.0, 1.0), S)
+    key = cache.key(records[0].path, SAMPLING, None)
+    assert key != cache.key(records[0].path, replace(SAMPLING, num_frames=NF + 1), None)
+    assert key != cache.key(records[0].path, replace(SAMPLING, fps=2.0), None)
+    assert key != cache.key(records[0].path, replace(SAMPLING, image_size=S + 1), None)
+    assert key != cache.key(records[0].path, SAMPLING, (0.0, 1.0))
     stat = records[0].path.stat()
     os.utime(records[0].path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    assert cache.get(records[0].path, NF, 1.0, None, S) is None
+    assert cache.get(records[0].path, SAMPLING, None) is None
 
 
 def test_cache_stores_uint8_and_recovers_from_damage(records, tmp_path) -> None:
     cache = FrameCache(tmp_path)
-    frames, stamps = cache.load(records[0].path, NF, 1.0, None, S)
+    frames, stamps = cache.load(records[0].path, SAMPLING, None)
     assert frames.dtype == np.uint8 and frames.shape == (3, S, S, 3)
     assert stamps.tolist() == [0.0, 1.0, 2.0]
     entry = next(tmp_path.rglob("*[0-9a-f].npy"))
     entry.write_bytes(b"garbage")
-    assert cache.get(records[0].path, NF, 1.0, None, S) is None and not entry.exists()
+    assert cache.get(records[0].path, SAMPLING, None) is None and not entry.exists()
     with pytest.raises(ValueError, match="uint8"):
-        cache.put(records[0].path, NF, 1.0, None, S, frames.astype(np.float32), stamps)
+        cache.put(records[0].path, SAMPLING, None, frames.astype(np.float32), stamps)
 
 
 def test_frames_from_uint8_pads_with_zero_images() -> None:

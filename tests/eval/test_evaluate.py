@@ -428,6 +428,7 @@ def test_evaluate_requires_a_bank_for_qb_norm(colour_records):
 def test_evaluate_matches_a_direct_computation_with_seqtransf(colour_records):
     from vtrkit.config import DataConfig, EvalConfig
     from vtrkit.data.decode import load_frames
+    from vtrkit.data.sampling import FrameSampling
     from vtrkit.models.build import build_model
 
     torch.manual_seed(0)
@@ -437,7 +438,7 @@ def test_evaluate_matches_a_direct_computation_with_seqtransf(colour_records):
 
     # Direct path: decode each good video, encode all at once, score all captions at once.
     good = [r for r in colour_records if r.video_id != "vbroken"]
-    decoded = [load_frames(r.path, num_frames=2, size=16) for r in good]
+    decoded = [load_frames(r.path, FrameSampling(2, 1.0, 16)) for r in good]
     captions = [c for r in good for c in r.captions]
     t2v = torch.tensor([i for i, r in enumerate(good) for _ in r.captions])
     model.eval()

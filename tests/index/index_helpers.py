@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from vtrkit.config import BackboneConfig, ClipArch, Config, DataConfig, ModelConfig
+from vtrkit.data.sampling import FrameSampling
 from vtrkit.data.transforms import CLIP_MEAN, CLIP_STD
 from vtrkit.models.base import TextFeatures, VideoFeatures
 
@@ -49,15 +50,11 @@ class FakeEncoder:
 
     def __init__(
         self,
-        num_frames: int = 4,
-        image_size: int = 32,
-        fps: float = 1.0,
+        sampling: FrameSampling = FrameSampling(num_frames=4, fps=1.0, image_size=32),
         salt: str = "",
         delay: float = 0.0,
     ) -> None:
-        self.num_frames = num_frames
-        self.image_size = image_size
-        self.fps = fps
+        self.sampling = sampling
         self.salt = salt
         self.delay = delay
         self.video_calls = 0
@@ -112,7 +109,8 @@ class FakeEncoder:
         return sims.max(dim=-1).values
 
     def fingerprint(self) -> str:
-        key = f"fake|{self.num_frames}|{self.image_size}|{self.fps}|{self.salt}"
+        s = self.sampling
+        key = f"fake|{s.num_frames}|{s.image_size}|{s.fps}|{self.salt}"
         return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -202,21 +203,26 @@ def test_quiet_hides_transformers_loading_bars_and_our_info_lines(tmp_path, capf
     from transformers import CLIPModel
 
     from vtrkit.backbones.checkpoints import clip_config
+    from vtrkit.data.sampling import FrameSampling
     from vtrkit.inference import load_backbone_for_index
 
+    sampling = FrameSampling(num_frames=3, image_size=16)
     torch.manual_seed(0)
     arch = tiny_config().model.backbone.arch
     CLIPModel(clip_config(arch)).save_pretrained(str(tmp_path / "hf"))
     capfd.readouterr()
-    load_backbone_for_index(tmp_path / "hf", 3, 16)
+    encoder = load_backbone_for_index(tmp_path / "hf", sampling)
     assert "Loading weights" in capfd.readouterr().err  # what a user saw on every search
+    # The catalog's record of a backbone keeps its flat sampling keys (existing indexes reload).
+    assert {k: encoder.source[k] for k in ("num_frames", "fps", "image_size")} == asdict(sampling)
+    assert encoder.sampling == sampling
     with cli_index._quiet(own_info=True):
-        load_backbone_for_index(tmp_path / "hf", 3, 16)
+        load_backbone_for_index(tmp_path / "hf", sampling)
         assert not logging.getLogger("vtrkit.checkpoint").isEnabledFor(logging.INFO)
     assert "Loading weights" not in capfd.readouterr().err
     # Everything is as before afterwards.
     assert logging.getLogger("vtrkit").level == logging.NOTSET
-    load_backbone_for_index(tmp_path / "hf", 3, 16)
+    load_backbone_for_index(tmp_path / "hf", sampling)
     assert "Loading weights" in capfd.readouterr().err
 
 

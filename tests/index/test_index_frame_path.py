@@ -9,6 +9,7 @@ from frame_helpers import FakeFrameEncoder, random_model_frames, write_noise_vid
 from index_helpers import FakeEncoder, tiny_config, write_video
 
 from vtrkit.config import BackboneConfig, Config, ModelConfig
+from vtrkit.data.sampling import FrameSampling
 from vtrkit.index import build_index
 from vtrkit.index.build.frame_decoding import WindowSpec, decode_video
 from vtrkit.index.build.pipeline import DecodeAhead, FramePipeline
@@ -72,7 +73,7 @@ def overlapping(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["seqTransf", "xclip"])
 def test_stored_windows_equal_the_per_window_path(overlapping, kind, tmp_path):
     encoder = tiny_encoder(kind)
-    spec = WindowSpec(3, 16, 1.0, 3.0, 1.0)
+    spec = WindowSpec(FrameSampling(3, 1.0, 16), 3.0, 1.0)
     paths = sorted(overlapping.glob("*.mp4"))
     pipeline = FramePipeline(encoder, batch_windows=2, frame_batch=5)
 
@@ -84,7 +85,7 @@ def test_stored_windows_equal_the_per_window_path(overlapping, kind, tmp_path):
     assert [d.job for d in done] == paths
     window_frames = 0
     for d in done:
-        ref = decode_windows(d.job, 3, 16, 1.0, 3.0, 1.0)
+        ref = decode_windows(d.job, spec.sampling, 3.0, 1.0)
         assert d.plan.windows == ref.windows
         want = encoder.encode_video_windows(ref.frames, ref.mask)
         torch.testing.assert_close(d.features.video, want.video, rtol=0, atol=1e-5)
@@ -134,7 +135,7 @@ def test_frame_and_window_encoders_build_the_same_index(overlapping, tmp_path):
 
 def test_batches_fill_across_videos():
     """Short clips still fill the encoder's batch: batch boundaries ignore video boundaries."""
-    encoder = FakeFrameEncoder(num_frames=2, image_size=8)
+    encoder = FakeFrameEncoder(FrameSampling(2, 1.0, 8))
     sizes = []
     original = encoder.encode_frame_images
 

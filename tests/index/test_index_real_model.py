@@ -8,6 +8,7 @@ import torch
 from index_helpers import COLOURS, tiny_config, write_video
 
 from vtrkit.data.decode import load_frames
+from vtrkit.data.sampling import FrameSampling
 from vtrkit.index import IndexMismatchError, ModelEncoder, VideoIndex, load_model_for_index
 from vtrkit.inference import fingerprint_model, zero_shot_config
 from vtrkit.models.build import build_model
@@ -34,7 +35,7 @@ def videos(tmp_path_factory):
 
 def test_checkpoint_loads_with_the_same_fingerprint_and_run_folders_resolve(checkpoint):
     encoder = load_model_for_index(checkpoint)
-    assert encoder.num_frames == 3 and encoder.image_size == 16
+    assert encoder.sampling == FrameSampling(num_frames=3, fps=1.0, image_size=16)
     again = load_model_for_index(checkpoint.parent)  # a run folder holding checkpoint/
     assert again.fingerprint() == encoder.fingerprint()
     # Any changed weight changes the fingerprint.
@@ -65,7 +66,7 @@ def test_indexed_windows_equal_the_evaluation_pipeline(checkpoint, videos, tmp_p
     store = index.library.store
     for w in windows:
         path = index.catalog.video(w.video_id).path
-        frames, mask, _ = load_frames(path, 3, 1.0, (w.start, w.end), 16)
+        frames, mask, _ = load_frames(path, FrameSampling(3, 1.0, 16), (w.start, w.end))
         with torch.no_grad():
             ref = model.encode_video(frames[None], mask[None])
         np.testing.assert_allclose(store.pooled(np.array([w.row]))[0], ref.video[0], atol=2e-3)
@@ -107,7 +108,8 @@ def test_changed_checkpoint_is_refused_with_both_fingerprints(checkpoint, videos
 
 
 def test_zero_shot_config_is_mean_pooling_without_temporal_encoder(tmp_path):
-    cfg = zero_shot_config(tmp_path / "ViT-B-32.pt", num_frames=8, image_size=224)
+    cfg = zero_shot_config(tmp_path / "ViT-B-32.pt", FrameSampling(num_frames=8, image_size=224))
     assert cfg.model.kind == "meanP" and cfg.model.temporal is False
     assert cfg.model.backbone.checkpoint == tmp_path / "ViT-B-32.pt"
     assert (cfg.data.num_frames, cfg.data.image_size) == (8, 224)
+    assert cfg.data.sampling == FrameSampling(8, 1.0, 224)

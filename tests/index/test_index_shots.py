@@ -7,6 +7,7 @@ from contextlib import closing
 import pytest
 from frame_helpers import FakeFrameEncoder, write_shots
 
+from vtrkit.data.sampling import FrameSampling
 from vtrkit.index import build_index
 from vtrkit.index.build.frame_decoding import WindowSpec, decode_video
 from vtrkit.index.build.shots import Shot, plan_shot_windows
@@ -24,11 +25,11 @@ def shots_video(tmp_path_factory):
 def test_windows_start_at_the_cuts(shots_video):
     # 4-s windows at 1 fps: the 0.6-s shot at 7.0 joins the next one (7.0-10.5), the 9.7-s
     # shot at 10.5 is split in three; every other window starts at a cut.
-    spec = WindowSpec(num_frames=4, image_size=16, fps=1.0, length=4.0, stride=2.0, mode="shots")
+    spec = WindowSpec(FrameSampling(4, 1.0, 16), length=4.0, stride=2.0, mode="shots")
     frames = []
     plan = decode_video(shots_video, spec, frames.append)
     starts = [start for start, _ in plan.windows]
-    step = 1.0 / spec.fps
+    step = 1.0 / spec.sampling.fps
     for cut in [0.0, 3.3, 7.0, 10.5, 20.2]:
         assert any(abs(s - cut) < step for s in starts), (cut, starts)
     # Within one sampled frame, and in fact at the cut's first frame (1/10 s at 10 fps).
@@ -43,7 +44,7 @@ def test_windows_start_at_the_cuts(shots_video):
 
 
 def test_shot_windows_in_an_index(shots_video, tmp_path):
-    encoder = FakeFrameEncoder(num_frames=4, image_size=16)
+    encoder = FakeFrameEncoder(FrameSampling(4, 1.0, 16))
     build_index([shots_video], tmp_path / "lib", encoder, windows="shots")
     with closing(Library.open(tmp_path / "lib")) as lib:
         starts = [round(w.start, 1) for w in lib.catalog.windows()]

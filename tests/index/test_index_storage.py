@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from contextlib import closing
+
 import numpy as np
 import pytest
 
+from vtrkit.data.sampling import FrameSampling
 from vtrkit.index.storage.catalog import Catalog, CatalogError, FileStat, NewWindow
 from vtrkit.index.storage.feature_store import FeatureStore, StoreError
 
@@ -124,7 +128,7 @@ def test_library_keeps_an_ivf_ann_in_sync_with_the_catalog(tmp_path):
     from vtrkit.index.storage.ann import AnnConfig
     from vtrkit.index.storage.library import IndexSettings, Library
 
-    settings = IndexSettings("fp", D, NF, 16, 1.0, 4.0, 2.0)
+    settings = IndexSettings("fp", D, FrameSampling(NF, 1.0, 16), 4.0, 2.0)
     lib = Library.create(tmp_path / "lib", settings)
     rng = np.random.default_rng(3)
     centres = rng.standard_normal((20, D))
@@ -162,3 +166,42 @@ def test_library_keeps_an_ivf_ann_in_sync_with_the_catalog(tmp_path):
     assert reader._load_ann(generation) is not None
     np.testing.assert_array_equal(reader.ann(config).ids(), live)
     reader.close()
+
+
+def test_settings_keep_the_flat_catalog_keys_of_existing_indexes(tmp_path):
+    """The sampling is one value in code but three ``meta`` rows on disk, as it always was, so
+    indexes built before ``FrameSampling`` open unchanged (and ``index status --json`` too)."""
+    from vtrkit.index.storage.library import IndexSettings, Library
+
+    source = {"kind": "backbone", "path": "/m", "num_frames": NF, "fps": 1.0, "image_size": 16}
+    settings = IndexSettings("fp", D, FrameSampling(NF, 1, 16), 4.0, 2.0, source)
+    meta = {
+        "fingerprint": "fp",
+        "dim": str(D),
+        "num_frames": str(NF),
+        "image_size": "16",
+        "fps": "1.0",
+        "window_length": "4.0",
+        "window_stride": "2.0",
+        "source": json.dumps(source, sort_keys=True),
+    }
+    assert settings.to_meta() == meta and list(settings.to_meta()) == list(meta)
+    assert settings.as_dict() == {
+        **meta,
+        "dim": D,
+        "num_frames": NF,
+        "image_size": 16,
+        "fps": 1.0,
+        "window_length": 4.0,
+        "window_stride": 2.0,
+        "source": source,
+    }
+    assert IndexSettings.from_meta(meta, tmp_path) == settings
+    Library.create(tmp_path / "lib", settings).close()
+    with closing(Library.open(tmp_path / "lib")) as lib:
+        assert lib.settings == settings
+        assert {k: lib.catalog.meta()[k] for k in meta} == meta
+    with pytest.raises(CatalogError, match="num_frames must be an integer of at least 1"):
+        IndexSettings.from_meta({**meta, "num_frames": "0"}, tmp_path)
+    with pytest.raises(CatalogError, match="incomplete"):
+        IndexSettings.from_meta({k: v for k, v in meta.items() if k != "fps"}, tmp_path)

@@ -15,6 +15,7 @@ from vtrkit.backbones import clip_from_arch
 from vtrkit.cli.videoclip import register
 from vtrkit.config import ClipArch
 from vtrkit.data.decode import read_sampled_frames
+from vtrkit.data.sampling import FrameSampling
 from vtrkit.data.synthetic import generate
 from vtrkit.data.transforms import to_model_input
 from vtrkit.videoclip.features import (
@@ -47,7 +48,7 @@ def test_clip_extractor_gives_one_row_per_second(tmp_path: Path):
     towers = clip_from_arch(ClipArch(**ARCH))
     # A 5-second chunk forces several decoding windows, whose rows must line up with time.
     feats = ClipSecondExtractor(towers, chunk_seconds=5)(video)
-    frames, times, _ = read_sampled_frames(video, 100, 1.0, None, 32)
+    frames, times, _ = read_sampled_frames(video, FrameSampling(100, 1.0, 32))
     assert feats.shape == (14, 16) and [int(t) for t in times] == list(range(14))
     with torch.no_grad():
         direct = towers.encode_image(to_model_input(frames)).numpy()

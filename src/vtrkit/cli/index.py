@@ -11,9 +11,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
+
+if TYPE_CHECKING:
+    from vtrkit.data.sampling import FrameSampling
 
 index_app = typer.Typer(
     help="Build and maintain a searchable index of a video collection.", no_args_is_help=True
@@ -119,13 +122,13 @@ def _print_outcome(
 def _encoder(
     checkpoint: Path | None,
     backbone: Path | None,
-    num_frames: int,
-    image_size: int,
-    fps: float,
+    sampling: FrameSampling,
     device: str,
     batch: int,
     precision: str = "fp32",
 ):
+    """The model to index with: a trained checkpoint, or ``backbone`` zero-shot sampling frames
+    as ``sampling`` says (the --num-frames/--fps/--image-size options, --backbone only)."""
     from vtrkit.inference import load_backbone_for_index, load_model_for_index
 
     if (checkpoint is None) == (backbone is None):
@@ -138,9 +141,7 @@ def _encoder(
             checkpoint, device=device, batch_size=batch, precision=precision
         )
     assert backbone is not None
-    return load_backbone_for_index(
-        backbone, num_frames, image_size, fps, device, batch, precision=precision
-    )
+    return load_backbone_for_index(backbone, sampling, device, batch, precision=precision)
 
 
 @index_app.command("build")
@@ -199,6 +200,7 @@ def build(
     Launched by torchrun (e.g. `torchrun --nproc-per-node 4 -m vtrkit index build ...`), each
     process encodes a share of the files into LIB/shards/rank-<r>/ and rank 0 merges the shards
     into LIB; the index is the same as a single-process build's."""
+    from vtrkit.data.sampling import FrameSampling
     from vtrkit.index.build.discovery import plan_build, record_build
     from vtrkit.index.build.incremental import build_index
     from vtrkit.index.build.torchrun_build import DistEnv, build_index_sharded, resolve_device
@@ -209,9 +211,8 @@ def build(
     device = resolve_device(device, env)
     plan = plan_build(videos, output, prune)  # a missing VIDEOS fails before the model loads
     with _quiet():
-        encoder = _encoder(
-            checkpoint, backbone, num_frames, image_size, fps, device, batch, precision
-        )
+        sampling = FrameSampling(num_frames, fps, image_size)
+        encoder = _encoder(checkpoint, backbone, sampling, device, batch, precision)
     options: dict[str, Any] = dict(
         window_length=window,
         window_stride=stride,
@@ -282,7 +283,7 @@ def status(
         info = {
             "index": str(library),
             "counts": lib.catalog.counts(),
-            "settings": asdict(lib.settings),
+            "settings": lib.settings.as_dict(),
             "failed": [
                 {"path": p["path"], "error": p["reason"]}
                 for p in problems
@@ -309,7 +310,8 @@ def status(
         )
     typer.echo(
         f"model {s.fingerprint} ({s.describe_source()}); windows of {s.window_length:g} s every "
-        f"{s.window_stride:g} s; {s.num_frames} frames at {s.fps:g} fps, {s.image_size} px"
+        f"{s.window_stride:g} s; {s.sampling.num_frames} frames at {s.sampling.fps:g} fps, "
+        f"{s.sampling.image_size} px"
     )
     for item in problems:
         typer.echo(f"  {item['status']}: {item['path']}: {item['reason']}")

@@ -3,9 +3,9 @@
 Training on small frames is bounded by decoding, not by the model (DESIGN.md), so the decoded
 frames of each (video, sampling) pair are stored as ``.npy`` files. The key covers the file's
 absolute path, modification time and size plus every sampling parameter: editing or replacing a
-video, or changing ``num_frames``/``fps``/``window``/``size``, simply misses the cache. Writes go
-to a temporary file that is renamed into place, so concurrent DataLoader workers and killed runs
-never leave a half-written entry behind.
+video, or changing the :class:`~vtrkit.data.sampling.FrameSampling` or the window, simply misses
+the cache. Writes go to a temporary file that is renamed into place, so concurrent DataLoader
+workers and killed runs never leave a half-written entry behind.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from vtrkit.data.sampling import FrameSampling, Window
 
 logger = logging.getLogger(__name__)
 
@@ -49,15 +51,11 @@ class FrameCache:
         self.hits = 0
         self.misses = 0
 
-    def key(
-        self,
-        path: Path,
-        num_frames: int,
-        fps: float,
-        window: tuple[float, float] | None,
-        size: int,
-    ) -> str:
-        """Hex digest identifying the file's current contents and the sampling parameters."""
+    def key(self, path: Path, sampling: FrameSampling, window: Window | None) -> str:
+        """Hex digest identifying the file's current contents and the sampling parameters.
+
+        The hashed fields (``num_frames``, ``fps``, ``window``, ``size``) are those of the
+        entries already on disk, so existing caches keep hitting."""
         path = Path(path).resolve()
         stat = path.stat()
         identity = {
@@ -65,10 +63,10 @@ class FrameCache:
             "path": str(path),
             "mtime_ns": stat.st_mtime_ns,
             "bytes": stat.st_size,
-            "num_frames": int(num_frames),
-            "fps": float(fps),
+            "num_frames": sampling.num_frames,
+            "fps": sampling.fps,
             "window": None if window is None else [float(window[0]), float(window[1])],
-            "size": int(size),
+            "size": sampling.image_size,
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -77,15 +75,10 @@ class FrameCache:
         return folder / f"{key}.npy", folder / f"{key}.ts.npy"
 
     def get(
-        self,
-        path: Path,
-        num_frames: int,
-        fps: float,
-        window: tuple[float, float] | None,
-        size: int,
+        self, path: Path, sampling: FrameSampling, window: Window | None
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """Cached (frames uint8 [n,S,S,3], timestamps float64 [n]) or None on a miss."""
-        frames_file, ts_file = self._files(self.key(path, num_frames, fps, window, size))
+        frames_file, ts_file = self._files(self.key(path, sampling, window))
         if not frames_file.is_file():
             return None
         try:
@@ -106,10 +99,8 @@ class FrameCache:
     def put(
         self,
         path: Path,
-        num_frames: int,
-        fps: float,
-        window: tuple[float, float] | None,
-        size: int,
+        sampling: FrameSampling,
+        window: Window | None,
         frames: np.ndarray,
         timestamps: np.ndarray,
     ) -> None:
@@ -120,33 +111,28 @@ class FrameCache:
                 f"frame cache stores uint8 [n,S,S,3] frames, got "
                 f"{frames.dtype} {tuple(frames.shape)} for {path}"
             )
-        frames_file, ts_file = self._files(self.key(path, num_frames, fps, window, size))
+        frames_file, ts_file = self._files(self.key(path, sampling, window))
         frames_file.parent.mkdir(parents=True, exist_ok=True)
         _atomic_save(ts_file, np.asarray(timestamps, dtype=np.float64))
         _atomic_save(frames_file, frames)
 
     def load(
-        self,
-        path: Path,
-        num_frames: int,
-        fps: float,
-        window: tuple[float, float] | None,
-        size: int,
+        self, path: Path, sampling: FrameSampling, window: Window | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Frames uint8 [n,S,S,3] and timestamps [n], from the cache or decoded and stored.
 
         Raises ``VideoDecodeError`` (from the decoder) when the video cannot be decoded;
         failures are not cached, so a repaired file is picked up on the next call.
         """
-        cached = self.get(path, num_frames, fps, window, size)
+        cached = self.get(path, sampling, window)
         if cached is not None:
             self.hits += 1
             return cached
         from vtrkit.data import decode  # attribute lookup at call time keeps it patchable
 
-        frames, stamps, _ = decode.read_sampled_frames(path, num_frames, fps, window, size)
+        frames, stamps, _ = decode.read_sampled_frames(path, sampling, window)
         frames = np.asarray(frames, dtype=np.uint8)
         stamps = np.asarray(stamps, dtype=np.float64)
         self.misses += 1
-        self.put(path, num_frames, fps, window, size, frames, stamps)
+        self.put(path, sampling, window, frames, stamps)
         return frames, stamps

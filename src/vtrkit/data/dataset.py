@@ -20,6 +20,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -30,6 +31,7 @@ from torch.utils.data import Dataset
 
 from vtrkit.data.cache import FrameCache
 from vtrkit.data.records import VideoRecord
+from vtrkit.data.sampling import FrameSampling
 
 if TYPE_CHECKING:
     from vtrkit.backbones.tokenizer import Tokenizer
@@ -97,18 +99,17 @@ class VideoTextDataset(Dataset):
     ``video_index`` [] long, the position of the video in ``records`` (all modes);
     ``caption_key`` [] long, :func:`caption_key` of the caption (pairs, texts).
 
-    ``window`` on a record restricts decoding; ``cache`` (a :class:`FrameCache` or a folder)
-    keeps decoded uint8 frames so each video is decoded once across epochs.
+    ``sampling`` says how frames are taken (Nf, fps, S); ``window`` on a record restricts
+    decoding; ``cache`` (a :class:`FrameCache` or a folder) keeps decoded uint8 frames so each
+    video is decoded once across epochs.
     """
 
     def __init__(
         self,
         records: Sequence[VideoRecord],
         tokenizer: Tokenizer | None,
-        num_frames: int = 12,
+        sampling: FrameSampling = FrameSampling(),
         max_words: int = 32,
-        image_size: int = 224,
-        fps: float = 1.0,
         mode: Mode = "pairs",
         *,
         cache: FrameCache | Path | str | None = None,
@@ -120,10 +121,8 @@ class VideoTextDataset(Dataset):
             raise ValueError(f"mode {mode!r} needs a tokenizer")
         self.records = list(records)
         self.tokenizer = tokenizer
-        self.num_frames = num_frames
+        self.sampling = sampling
         self.max_words = max_words
-        self.image_size = image_size
-        self.fps = fps
         self.mode = mode
         self.expand = expand
         self.cache = FrameCache(cache) if isinstance(cache, (str, Path)) else cache
@@ -145,10 +144,8 @@ class VideoTextDataset(Dataset):
         return cls(
             records,
             tokenizer,
-            cfg.num_frames,
+            cfg.sampling,
             cfg.max_words,
-            cfg.image_size,
-            cfg.fps,
             mode,
             cache=cfg.frame_cache,
             expand=cfg.expand_sentences,
@@ -189,20 +186,11 @@ class VideoTextDataset(Dataset):
 
     def _frames(self, record: VideoRecord) -> tuple[Tensor, Tensor]:
         if self.cache is not None:
-            pixels, _ = self.cache.load(
-                record.path, self.num_frames, self.fps, record.window, self.image_size
-            )
-            return frames_from_uint8(pixels, self.num_frames, self.image_size)
+            pixels, _ = self.cache.load(record.path, self.sampling, record.window)
+            return frames_from_uint8(pixels, self.sampling.num_frames, self.sampling.image_size)
         from vtrkit.data import decode
 
-        frames, mask, _ = decode.load_frames(
-            record.path,
-            num_frames=self.num_frames,
-            fps=self.fps,
-            window=record.window,
-            size=self.image_size,
-            normalize=True,
-        )
+        frames, mask, _ = decode.load_frames(record.path, self.sampling, record.window)
         return frames, mask
 
     def _frames_or_none(self, index: int) -> tuple[Tensor, Tensor] | None:
@@ -241,11 +229,12 @@ class VideoTextDataset(Dataset):
     def _probe(self, record: VideoRecord) -> None:
         if self.cache is not None:
             # Decoding into the cache both checks the file and saves the work for epoch one.
-            self.cache.load(record.path, self.num_frames, self.fps, record.window, self.image_size)
+            self.cache.load(record.path, self.sampling, record.window)
             return
         from vtrkit.data import decode
 
-        decode.read_sampled_frames(record.path, 1, self.fps, record.window, PROBE_SIZE)
+        probe = replace(self.sampling, num_frames=1, image_size=PROBE_SIZE)
+        decode.read_sampled_frames(record.path, probe, record.window)
 
     def validate(self, num_threads: int = 1) -> dict[str, str]:
         """Probe every video, drop the records that fail to decode, and return {video_id: reason}.

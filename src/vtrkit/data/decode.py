@@ -35,6 +35,7 @@ from av.sidedata.sidedata import Type as SideDataType
 from torch import Tensor
 
 from vtrkit.data.sampling import (
+    FrameSampling,
     Window,
     check_sampling_args,
     interval_of,
@@ -353,14 +354,14 @@ def _seek_plan(packets: list[_Packet], chosen: list[int]) -> list[tuple[_Packet,
 
 
 def _read_by_seeking(
-    source: _Source, num_frames: int, fps: float, window: Window | None, size: int
+    source: _Source, sampling: FrameSampling, window: Window | None
 ) -> tuple[list[Tensor], list[float], Orientation | None, list[float]]:
     packets = _scan_packets(source, window)
     if packets is None:
         raise _SeekMismatch("some packets have no presentation timestamp")
     # Hidden packets get a time outside every window, so they are never chosen.
     times = [-math.inf if p.hidden else source.seconds(p.pts) for p in packets]
-    chosen = sample_frame_indices(times, num_frames, fps, window)
+    chosen = sample_frame_indices(times, sampling.num_frames, sampling.fps, window)
     images: list[Tensor] = []
     orientation = None
     decoder: _ForwardDecoder | None = None
@@ -368,13 +369,13 @@ def _read_by_seeking(
         # Seek only when it skips work: the target's keyframe lies beyond what was already fed.
         if decoder is None or key.pts > decoder.last_key_pts:
             decoder = _ForwardDecoder(source, key, target.pts)
-        image, orientation = _frame_to_image(decoder.frame_at(target.pts), size)
+        image, orientation = _frame_to_image(decoder.frame_at(target.pts), sampling.image_size)
         images.append(image)
     return images, [times[i] for i in chosen], orientation, times
 
 
 def _read_linearly(
-    source: _Source, num_frames: int, fps: float, window: Window | None, size: int
+    source: _Source, sampling: FrameSampling, window: Window | None
 ) -> tuple[list[Tensor], list[float], Orientation | None, list[float]]:
     """Decode from the start; keep the first frame of each interval, then subsample."""
     end = window[1] if window is not None else math.inf
@@ -390,11 +391,11 @@ def _read_linearly(
             if t >= end:
                 break
             times.append(t)
-            interval = interval_of(t, fps, window)
+            interval = interval_of(t, sampling.fps, window)
             if interval is None:
                 continue
             if interval not in kept or t < times[kept[interval][0]]:
-                image, orientation = _frame_to_image(frame, size)
+                image, orientation = _frame_to_image(frame, sampling.image_size)
                 kept[interval] = (len(times) - 1, image)
     except av.error.FFmpegError as exc:
         if not times:
@@ -402,42 +403,40 @@ def _read_linearly(
         # A damaged tail (e.g. a cut-off download): keep what decoded, as players do.
         log.warning("%s: decoding stopped after %d frames: %s", source.path, len(times), exc)
     by_index = dict(kept.values())
-    chosen = sample_frame_indices(times, num_frames, fps, window)
+    chosen = sample_frame_indices(times, sampling.num_frames, sampling.fps, window)
     return [by_index[i] for i in chosen], [times[i] for i in chosen], orientation, times
 
 
 def read_sampled_frames(
     path: str | Path,
-    num_frames: int = 12,
-    fps: float = 1.0,
+    sampling: FrameSampling = FrameSampling(),
     window: Window | None = None,
-    size: int = 224,
     *,
     seek: bool = True,
 ) -> tuple[Tensor, list[float], VideoInfo]:
     """The SPEC §0 frame sample of a video, resized and cropped but not normalised or padded.
 
-    Returns (frames uint8 [n, size, size, 3] RGB upright, timestamps in seconds of those n frames,
-    info) with 1 <= n <= num_frames. ``window`` = (start, end) seconds restricts sampling
-    (half-open). ``seek=False`` forces the linear decode path (slower; same frames).
-    Raises :class:`VideoDecodeError` when the file cannot be read or no frame lies in the window,
-    ``ValueError`` for bad arguments.
+    Returns (frames uint8 [n, S, S, 3] RGB upright, timestamps in seconds of those n frames,
+    info) with S = ``sampling.image_size`` and 1 <= n <= ``sampling.num_frames``. ``window`` =
+    (start, end) seconds restricts sampling (half-open). ``seek=False`` forces the linear decode
+    path (slower; same frames). Raises :class:`VideoDecodeError` when the file cannot be read or
+    no frame lies in the window, ``ValueError`` for a bad window (``FrameSampling`` checks itself).
     """
-    check_sampling_args(fps, window)
-    if num_frames < 1 or size < 1:
-        raise ValueError(f"num_frames and size must be positive, got {num_frames} and {size}")
+    if not isinstance(sampling, FrameSampling):
+        raise TypeError(f"sampling must be a FrameSampling, got {sampling!r}")
+    check_sampling_args(sampling.fps, window)
     path = Path(path)
     source = _Source(path)
     try:
         result = None
         if seek:
             try:
-                result = _read_by_seeking(source, num_frames, fps, window, size)
+                result = _read_by_seeking(source, sampling, window)
             except (_SeekMismatch, av.error.FFmpegError) as exc:
                 log.info("%s: exact seeking not possible (%s); decoding linearly", path, exc)
                 source.reopen()
         if result is None:
-            result = _read_linearly(source, num_frames, fps, window, size)
+            result = _read_linearly(source, sampling, window)
         images, timestamps, orientation, all_times = result
         if not images and (window is None or not all_times):
             raise VideoDecodeError(path, "the video stream has no frames")
@@ -468,26 +467,25 @@ def _warn_if_cut_short(source: _Source, window: Window | None, times: list[float
 
 def load_frames(
     path: str | Path,
-    num_frames: int = 12,
-    fps: float = 1.0,
+    sampling: FrameSampling = FrameSampling(),
     window: Window | None = None,
-    size: int = 224,
     normalize: bool = True,
 ) -> tuple[Tensor, Tensor, VideoInfo]:
-    """Model input for one video (SPEC §0).
+    """Model input for one video (SPEC §0), sampled as ``sampling`` says.
 
-    Returns (frames float32 [num_frames, 3, size, size], mask bool [num_frames], info). The first
+    Returns (frames float32 [Nf, 3, S, S], mask bool [Nf], info) with Nf =
+    ``sampling.num_frames`` and S = ``sampling.image_size``. The first
     ``info.num_sampled`` slots hold the sampled frames, scaled to [0, 1] and normalised with CLIP's
     mean/std (only scaled when ``normalize`` is False); the remaining slots are padding: all-zero
     tensors (a zero image after normalisation) with ``mask`` False. Raises
     :class:`VideoDecodeError` rather than returning a clip without real frames.
     """
-    images, _, info = read_sampled_frames(path, num_frames, fps, window, size)
+    images, _, info = read_sampled_frames(path, sampling, window)
     if normalize:
         scaled = to_model_input(images)
     else:
         scaled = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-    frames, mask = pad_clip(scaled, num_frames)
+    frames, mask = pad_clip(scaled, sampling.num_frames)
     return frames, mask, info
 
 

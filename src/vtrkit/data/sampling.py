@@ -19,12 +19,50 @@ Choices the SPEC leaves open, fixed here:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 BOUNDARY_TOLERANCE = 1e-6
 """Seconds by which a timestamp may fall short of an interval boundary and still count as on it."""
 
 Window = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class FrameSampling:
+    """How frames are taken from a video: at most ``num_frames`` frames sampled at ``fps`` per
+    second, resized to ``image_size`` px square (SPEC §0).
+
+    One value for what decoding, caching, datasets, encoders and indexes must agree on. Fields are
+    stored as ``int``/``float``/``int`` (so ``fps=1`` and ``fps=1.0`` are the same sampling and
+    serialise alike); bad values raise ``ValueError`` naming the field.
+    """
+
+    num_frames: int = 12
+    fps: float = 1.0
+    image_size: int = 224
+
+    def __post_init__(self) -> None:
+        for name in ("num_frames", "image_size"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        check_sampling_args(self.fps, None)
+        object.__setattr__(self, "fps", float(self.fps))
+
+    @property
+    def span(self) -> float:
+        """Seconds of video the sample covers at most: ``num_frames / fps``."""
+        return self.num_frames / self.fps
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> FrameSampling:
+        """From a mapping with the keys ``num_frames``, ``fps`` and ``image_size`` (numbers or
+        their strings, as an index catalog stores them); ``dataclasses.asdict`` is the inverse."""
+        return cls(int(values["num_frames"]), float(values["fps"]), int(values["image_size"]))
 
 
 def check_sampling_args(fps: float, window: Window | None) -> None:

@@ -471,8 +471,6 @@ class VideoIndex:
             spans = [(w.start, w.end) for w in windows]
             return self._video_features(rows), rows.tolist(), spans
         s = self.library.settings
-        decoded = decode_windows(
-            path, s.num_frames, s.image_size, s.fps, s.window_length, s.window_stride
-        )
+        decoded = decode_windows(path, s.sampling, s.window_length, s.window_stride)
         features = self.encoder.encode_video_windows(decoded.frames, decoded.mask)
         return features, [], decoded.windows

@@ -327,16 +327,17 @@ class ClipSecondExtractor:
 
     def __call__(self, path: Path) -> np.ndarray:
         from vtrkit.data.decode import VideoDecodeError, probe, read_sampled_frames
+        from vtrkit.data.sampling import FrameSampling
 
+        # Every second of a chunk: at most chunk_seconds frames at 1 fps.
+        sampling = FrameSampling(self.chunk_seconds, 1.0, self.image_size)
         duration = probe(path).duration
         seconds = max(1, math.ceil(duration))
         rows: dict[int, np.ndarray] = {}
         for start in range(0, seconds, self.chunk_seconds):
             window = (float(start), float(min(seconds, start + self.chunk_seconds)))
             try:
-                frames, times, _ = read_sampled_frames(
-                    path, self.chunk_seconds, 1.0, window, self.image_size
-                )
+                frames, times, _ = read_sampled_frames(path, sampling, window)
             except VideoDecodeError:
                 if start == 0:
                     raise

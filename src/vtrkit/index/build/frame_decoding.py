@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vtrkit.data.sampling import sample_frame_indices
+from vtrkit.data.sampling import FrameSampling, sample_frame_indices
 from vtrkit.data.single_pass import SinglePass, Timeline, frame_image
 from vtrkit.data.transforms import to_model_input
 from vtrkit.index.build.shots import (
@@ -54,11 +54,10 @@ THUMBNAIL_QUALITY = 5
 
 @dataclass(frozen=True)
 class WindowSpec:
-    """How a build cuts videos into windows and samples them (the index's settings)."""
+    """How a build cuts videos into windows and samples them (the index's settings): each
+    window of ``length`` s (every ``stride`` s) is sampled as ``sampling`` says."""
 
-    num_frames: int
-    image_size: int
-    fps: float
+    sampling: FrameSampling
     length: float
     stride: float
     mode: WindowMode = "fixed"
@@ -110,7 +109,7 @@ class _Pass:
     last_time: float = -math.inf
 
     def take(self, frame, key: int, seconds: float, thumbnail: bool) -> None:
-        pixels = frame_image(frame, self.spec.image_size)
+        pixels = frame_image(frame, self.spec.sampling.image_size)
         if thumbnail:
             self.jpegs[key] = encode_jpeg(np.ascontiguousarray(pixels.numpy()), THUMBNAIL_QUALITY)
         self.seen.add(key)
@@ -167,10 +166,9 @@ def _fixed_pass(
     # A whole-clip window samples the whole stream, as evaluation does; others their span.
     whole = timeline.duration < WHOLE_CLIP_WINDOWS * spec.length
     keys = []
+    nf, fps = spec.sampling.num_frames, spec.sampling.fps
     for span in windows:
-        chosen = sample_frame_indices(
-            timeline.times, spec.num_frames, spec.fps, None if whole else span
-        )
+        chosen = sample_frame_indices(timeline.times, nf, fps, None if whole else span)
         keys.append([timeline.pts[i] for i in chosen])
     wanted = {k for window in keys for k in window}
     middles = {k[len(k) // 2] for k in keys if k}
@@ -190,7 +188,7 @@ def _shot_pass(
     """Decode every frame, detect cuts and sample each shot from its cut; then plan windows."""
     spec = state.spec
     detector = ShotDetector()
-    sampler = ShotSampler(spec.fps)
+    sampler = ShotSampler(spec.sampling.fps)
     for frame in video.frames():
         if frame.pts is None:
             continue
@@ -205,8 +203,8 @@ def _shot_pass(
         sampler.shots,
         duration,
         spec.length,
-        min_shot_length(spec.length, spec.fps),
-        spec.num_frames,
+        min_shot_length(spec.length, spec.sampling.fps),
+        spec.sampling.num_frames,
     )
     return [(w.start, w.end) for w in planned], [w.keys for w in planned]
 
@@ -259,9 +257,7 @@ def _decode_by_windows(
     """Files without packet timestamps: the per-window decoder (exact, slower), fixed windows."""
     from vtrkit.index.build.window_decoding import decode_windows
 
-    decoded = decode_windows(
-        path, spec.num_frames, spec.image_size, spec.fps, spec.length, spec.stride
-    )
+    decoded = decode_windows(path, spec.sampling, spec.length, spec.stride)
     keys: list[list[int]] = []
     count = 0
     for frames, mask in zip(decoded.frames, decoded.mask, strict=True):

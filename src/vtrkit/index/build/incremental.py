@@ -100,7 +100,7 @@ class Job:
 
 def default_window(encoder: Encoder) -> float:
     """Window length in seconds: the span the model sees at once (Nf frames at its fps)."""
-    return encoder.num_frames / encoder.fps
+    return encoder.sampling.span
 
 
 WINDOW_MODE_KEY = "window_mode"
@@ -160,9 +160,7 @@ def open_for_writing(
     settings = IndexSettings(
         fingerprint=encoder.fingerprint(),
         dim=dim,
-        num_frames=encoder.num_frames,
-        image_size=encoder.image_size,
-        fps=float(encoder.fps),
+        sampling=encoder.sampling,
         window_length=length,
         window_stride=stride,
         source=source or getattr(encoder, "source", None) or {"kind": "custom"},
@@ -298,7 +296,7 @@ class IndexUpdater:
         """How this index cuts and samples videos (its settings and window mode)."""
         s = self.library.settings
         mode = window_mode_of(self.library.catalog)
-        return WindowSpec(s.num_frames, s.image_size, s.fps, s.window_length, s.window_stride, mode)
+        return WindowSpec(s.sampling, s.window_length, s.window_stride, mode)
 
     def _decode(self, job: Job, emit: Callable[[SampledFrame], None]) -> VideoPlan | str:
         try:

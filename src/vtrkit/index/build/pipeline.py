@@ -187,7 +187,7 @@ class FramePipeline(Generic[J]):
             if isinstance(encoder, FrameEncoder) and getattr(encoder, "encodes_frames", False)
             else None
         )
-        self.frame_batch = frame_batch or self.batch_windows * encoder.num_frames
+        self.frame_batch = frame_batch or self.batch_windows * encoder.sampling.num_frames
         self._padding: Tensor | None = None
         self.frames_encoded = 0
 
@@ -240,13 +240,13 @@ class FramePipeline(Generic[J]):
 
     def _windows(self, video: _Video[J], plan: VideoPlan) -> VideoFeatures:
         """Features of every window of ``plan``, from the video's frame features or frames."""
-        nf = self.encoder.num_frames
+        nf = self.encoder.sampling.num_frames
         mask = torch.zeros(len(plan.keys), nf, dtype=torch.bool)
         for w, keys in enumerate(plan.keys):
             mask[w, : len(keys)] = True
         parts = []
         if self.frame_path is None:
-            size = self.encoder.image_size
+            size = self.encoder.sampling.image_size
             for start in range(0, len(plan.keys), self.batch_windows):
                 chunk = plan.keys[start : start + self.batch_windows]
                 frames = torch.zeros(len(chunk), nf, 3, size, size)
@@ -275,6 +275,6 @@ class FramePipeline(Generic[J]):
         """[1, D]: the feature of an all-zero (normalised) image, what padded slots hold."""
         if self._padding is None:
             assert self.frame_path is not None
-            size = self.encoder.image_size
+            size = self.encoder.sampling.image_size
             self._padding = self.frame_path.encode_frame_images(torch.zeros(1, 3, size, size))
         return self._padding

@@ -134,10 +134,11 @@ def list_shards(library_folder: str | Path) -> list[Path]:
 def check_shard_settings(expected: IndexSettings, found: IndexSettings, shard: Path) -> None:
     """Raise :class:`ShardMismatchError` naming ``shard`` unless its features are interchangeable
     with those of an index built with ``expected``."""
+    got, want = found.as_dict(), expected.as_dict()
     diffs = [
-        f"{name} {getattr(found, name)!r} (library: {getattr(expected, name)!r})"
+        f"{name} {got[name]!r} (library: {want[name]!r})"
         for name in _COMPARED_SETTINGS
-        if getattr(found, name) != getattr(expected, name)
+        if got[name] != want[name]
     ]
     if diffs:
         raise ShardMismatchError(

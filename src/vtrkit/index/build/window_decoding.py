@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vtrkit.data.sampling import FrameSampling
 from vtrkit.index.build.thumbnails import encode_jpeg
 from vtrkit.index.build.windows import WHOLE_CLIP_WINDOWS, plan_windows
 
@@ -40,7 +41,7 @@ class DecodedVideo:
     thumbnails: list[bytes]
 
 
-def _pad(pixels: Tensor, num_frames: int, size: int) -> tuple[Tensor, Tensor]:
+def _pad(pixels: Tensor, num_frames: int) -> tuple[Tensor, Tensor]:
     """uint8 [n, S, S, 3] -> (normalised [Nf, 3, S, S], mask [Nf]); real frames first."""
     from vtrkit.data.transforms import pad_clip, to_model_input
 
@@ -49,15 +50,14 @@ def _pad(pixels: Tensor, num_frames: int, size: int) -> tuple[Tensor, Tensor]:
 
 def decode_windows(
     path: str | Path,
-    num_frames: int,
-    image_size: int,
-    fps: float,
+    sampling: FrameSampling,
     window_length: float,
     window_stride: float,
     thumbnail_quality: int = 5,
 ) -> DecodedVideo:
     """Split ``path`` into windows (:func:`~vtrkit.index.build.windows.plan_windows`) and decode
-    each; the reference the single-pass build (:mod:`vtrkit.index.build.frame_decoding`) matches.
+    each as ``sampling`` says; the reference the single-pass build
+    (:mod:`vtrkit.index.build.frame_decoding`) matches.
 
     The first window is decoded before the duration is known (it is ``(0, length)`` for any video
     long enough to have several windows); the container's duration then fixes the other windows.
@@ -70,24 +70,22 @@ def decode_windows(
     from vtrkit.data import decode
 
     path = Path(path)
-    first_pixels, _, info = decode.read_sampled_frames(
-        path, num_frames, fps, (0.0, window_length), image_size
-    )
+    first_pixels, _, info = decode.read_sampled_frames(path, sampling, (0.0, window_length))
     duration = float(info.duration)
     spans = plan_windows(duration, window_length, window_stride)
     if duration < WHOLE_CLIP_WINDOWS * window_length:
-        first_pixels, _, _ = decode.read_sampled_frames(path, num_frames, fps, None, image_size)
+        first_pixels, _, _ = decode.read_sampled_frames(path, sampling, None)
     frames, masks, thumbs, kept = [], [], [], []
     for i, span in enumerate(spans):
         if i == 0:
             pixels = first_pixels
         else:
             try:
-                pixels, _, _ = decode.read_sampled_frames(path, num_frames, fps, span, image_size)
+                pixels, _, _ = decode.read_sampled_frames(path, sampling, span)
             except decode.VideoDecodeError as exc:
                 log.warning("%s: window %.1f-%.1f s skipped: %s", path, *span, exc.cause)
                 continue
-        x, m = _pad(pixels, num_frames, image_size)
+        x, m = _pad(pixels, sampling.num_frames)
         frames.append(x)
         masks.append(m)
         middle = np.ascontiguousarray(pixels[pixels.shape[0] // 2].numpy())

@@ -21,12 +21,13 @@ import math
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vtrkit.data.sampling import FrameSampling
 from vtrkit.index.storage.ann import AnnConfig, AnnIndex, needs_rebuild
 from vtrkit.index.storage.catalog import Catalog, CatalogError
 from vtrkit.index.storage.feature_store import FeatureStore, StoreError, fsync_dir
@@ -84,29 +85,41 @@ def check_window_settings(length: float, stride: float, fps: float) -> None:
 
 @dataclass(frozen=True)
 class IndexSettings:
-    """What every window of an index was encoded with; fixed when the index is created."""
+    """What every window of an index was encoded with; fixed when the index is created.
+
+    In the catalog (:meth:`to_meta`) the sampling is stored flat, as ``num_frames``,
+    ``image_size`` and ``fps`` next to the other settings."""
 
     fingerprint: str
     dim: int
-    num_frames: int
-    image_size: int
-    fps: float
+    sampling: FrameSampling
     window_length: float
     window_stride: float
     source: dict[str, Any] = field(default_factory=lambda: {"kind": "custom"})
     """How to rebuild the encoder: {"kind": "checkpoint"|"backbone", "path": ...} or custom."""
 
     def __post_init__(self) -> None:
-        for name in ("dim", "num_frames", "image_size"):
-            if int(getattr(self, name)) < 1:
-                raise SettingsError(
-                    f"index setting {name} must be positive, got {getattr(self, name)}"
-                )
-        check_window_settings(self.window_length, self.window_stride, self.fps)
+        if int(self.dim) < 1:
+            raise SettingsError(f"index setting dim must be positive, got {self.dim}")
+        check_window_settings(self.window_length, self.window_stride, self.sampling.fps)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings with the sampling flat (``num_frames``, ``image_size``, ``fps``), as the
+        catalog and ``vtrkit index status --json`` have always shown them."""
+        return {
+            "fingerprint": self.fingerprint,
+            "dim": self.dim,
+            "num_frames": self.sampling.num_frames,
+            "image_size": self.sampling.image_size,
+            "fps": self.sampling.fps,
+            "window_length": self.window_length,
+            "window_stride": self.window_stride,
+            "source": self.source,
+        }
 
     def to_meta(self) -> dict[str, str]:
-        data = asdict(self)
-        data["source"] = json.dumps(self.source, sort_keys=True)
+        """Catalog ``meta`` rows: the keys (and value strings) of every vtrkit index so far."""
+        data = {**self.as_dict(), "source": json.dumps(self.source, sort_keys=True)}
         return {k: str(v) for k, v in data.items()}
 
     @classmethod
@@ -115,9 +128,7 @@ class IndexSettings:
             return cls(
                 fingerprint=meta["fingerprint"],
                 dim=int(meta["dim"]),
-                num_frames=int(meta["num_frames"]),
-                image_size=int(meta["image_size"]),
-                fps=float(meta["fps"]),
+                sampling=_sampling_setting(meta),
                 window_length=float(meta["window_length"]),
                 window_stride=float(meta["window_stride"]),
                 source=json.loads(meta.get("source", '{"kind": "custom"}')),
@@ -140,6 +151,15 @@ class IndexSettings:
         return "a custom encoder"
 
 
+def _sampling_setting(meta: dict[str, str]) -> FrameSampling:
+    """The catalog's ``num_frames``/``fps``/``image_size`` rows; values that ``FrameSampling``
+    refuses raise :class:`SettingsError` (a missing row raises ``KeyError``)."""
+    try:
+        return FrameSampling.from_dict(meta)
+    except ValueError as exc:
+        raise SettingsError(f"index setting {exc}") from exc
+
+
 def describe_encoder(encoder: Any) -> str:
     source = getattr(encoder, "source", None) or {}
     if source.get("kind") in ("checkpoint", "backbone"):
@@ -158,10 +178,11 @@ def check_encoder(settings: IndexSettings, encoder: Any, folder: Path) -> None:
             f"rebuild the index with this one (vtrkit index build ... -o {folder})."
         )
     for name in ("num_frames", "image_size"):
-        if int(getattr(encoder, name)) != int(getattr(settings, name)):
+        want, got = getattr(settings.sampling, name), getattr(encoder.sampling, name)
+        if got != want:
             raise IndexMismatchError(
-                f"index {folder} uses {name}={getattr(settings, name)} but the encoder uses "
-                f"{getattr(encoder, name)}; rebuild the index or use matching settings"
+                f"index {folder} uses {name}={want} but the encoder uses {got}; rebuild the "
+                "index or use matching settings"
             )
 
 
@@ -275,7 +296,7 @@ class Library:
                 store = FeatureStore(
                     self.folder / name,
                     self.settings.dim,
-                    self.settings.num_frames,
+                    self.settings.sampling.num_frames,
                     rows,
                     self.writable,
                 )
