@@ -52,6 +52,9 @@ class DataConfig(_Section):
     """Training iterates over every (video, caption) pair rather than one random caption per video."""
     frame_cache: Path | None = None
     """Folder for a uint8 cache of decoded, resized frames (decode each video once)."""
+    frame_cache_memory_mb: int = Field(1024, ge=0)
+    """Frame-cache entries also kept in memory after their first load, up to this many MB per
+    process (or loader worker); 0 reads every entry from disk each epoch."""
     num_workers: int = Field(2, ge=0)
 
     @property

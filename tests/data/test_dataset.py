@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,6 +184,41 @@ def test_cache_stores_uint8_and_recovers_from_damage(records, tmp_path) -> None:
     assert cache.get(records[0].path, SAMPLING, None) is None and not entry.exists()
     with pytest.raises(ValueError, match="uint8"):
         cache.put(records[0].path, SAMPLING, None, frames.astype(np.float32), stamps)
+
+
+def test_cache_memory_serves_later_epochs_without_disk_and_stays_bounded(
+    records, tmp_path, monkeypatch
+) -> None:
+    plain = VideoTextDataset(records, None, SAMPLING, NW, "videos")
+    expected = [plain[i]["frames"] for i in range(2)]
+    first = [a.nbytes for a in FrameCache(tmp_path / "probe").load(records[0].path, SAMPLING, None)]
+    cache = FrameCache(tmp_path / "cache", memory_bytes=sum(first))  # room for the first video
+    cached = VideoTextDataset(records, None, SAMPLING, NW, "videos", cache=cache)
+    assert [torch.equal(cached[i]["frames"], expected[i]) for i in range(2)] == [True, True]
+
+    loads: list[str] = []
+    real_load = np.load
+
+    def counted_load(path, **kwargs):
+        loads.append(Path(path).name)
+        return real_load(path, **kwargs)
+
+    monkeypatch.setattr(np, "load", counted_load)
+    for _ in range(2):  # the first video is held in memory; the second did not fit the budget
+        assert [torch.equal(cached[i]["frames"], expected[i]) for i in range(2)] == [True, True]
+    second = cache.key(records[1].path, SAMPLING, records[1].window)
+    assert sorted(loads) == [f"{second}.npy"] * 2 + [f"{second}.ts.npy"] * 2
+    assert cache._memory_used == sum(first) and (cache.misses, cache.hits) == (2, 4)
+
+    # The config's budget reaches the dataset's cache; 0 keeps nothing in memory.
+    cfg = DataConfig(
+        dataset="custom", num_frames=NF, image_size=S, max_words=NW, frame_cache=tmp_path
+    )
+    from_config = VideoTextDataset.from_config(records, None, cfg, "videos")
+    assert from_config.cache is not None and from_config.cache.memory_bytes == 1024 << 20
+    none_kept = VideoTextDataset(records, None, SAMPLING, NW, "videos", cache=tmp_path)
+    none_kept[0]
+    assert none_kept.cache is not None and none_kept.cache._memory_used == 0
 
 
 def test_frames_from_uint8_pads_with_zero_images() -> None:

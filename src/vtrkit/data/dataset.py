@@ -101,7 +101,8 @@ class VideoTextDataset(Dataset):
 
     ``sampling`` says how frames are taken (Nf, fps, S); ``window`` on a record restricts
     decoding; ``cache`` (a :class:`FrameCache` or a folder) keeps decoded uint8 frames so each
-    video is decoded once across epochs.
+    video is decoded once across epochs, and with ``cache_memory_mb`` also holds up to that many
+    MB of them in memory, so later epochs do not read them from disk again.
     """
 
     def __init__(
@@ -114,6 +115,7 @@ class VideoTextDataset(Dataset):
         *,
         cache: FrameCache | Path | str | None = None,
         expand: bool = True,
+        cache_memory_mb: int = 0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -125,7 +127,10 @@ class VideoTextDataset(Dataset):
         self.max_words = max_words
         self.mode = mode
         self.expand = expand
-        self.cache = FrameCache(cache) if isinstance(cache, (str, Path)) else cache
+        if isinstance(cache, (str, Path)):
+            cache = FrameCache(cache, memory_bytes=cache_memory_mb << 20)
+        self.cache = cache
+        self._tokenized: dict[str, tuple[Tensor, Tensor]] = {}
         self.failures: dict[str, str] = {}
         self._failed: set[int] = set()
         self._build_index()
@@ -149,6 +154,7 @@ class VideoTextDataset(Dataset):
             mode,
             cache=cfg.frame_cache,
             expand=cfg.expand_sentences,
+            cache_memory_mb=cfg.frame_cache_memory_mb,
         )
 
     # ------------------------------------------------------------------ indexing
@@ -180,9 +186,14 @@ class VideoTextDataset(Dataset):
     # ------------------------------------------------------------------ loading
 
     def _tokens(self, text: str) -> tuple[Tensor, Tensor]:
+        """Token ids [Nw] and mask [Nw] of a caption, tokenised once per dataset (the captions
+        are fixed, and collate copies them into the batch)."""
         assert self.tokenizer is not None
-        ids, mask = self.tokenizer([text], self.max_words)
-        return ids[0].long(), mask[0].bool()
+        known = self._tokenized.get(text)
+        if known is None:
+            ids, mask = self.tokenizer([text], self.max_words)
+            known = self._tokenized[text] = (ids[0].long(), mask[0].bool())
+        return known
 
     def _frames(self, record: VideoRecord) -> tuple[Tensor, Tensor]:
         if self.cache is not None:
