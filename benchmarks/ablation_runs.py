@@ -32,7 +32,7 @@ BACKBONE_FILE = "backbone.yaml"
 """Written by ``vtrkit pretrain`` beside ``clip.pt``: the ``model.backbone`` section to load it."""
 RANDOM_TOWERS: dict[str, Any] = {
     "embed_dim": 128,
-    "image_size": 32,
+    "image_size": 48,
     "patch_size": 16,
     "vision_width": 128,
     "vision_layers": 2,
@@ -64,8 +64,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, steps: int, lr_new: fl
     parser.add_argument(
         "--backbone-fraction",
         type=float,
-        default=0.1,
-        help="the CLIP towers learn at this fraction of --lr-new",
+        default=0.3,
+        help="the CLIP towers learn at this fraction of --lr-new (the demo's 0.3 by default)",
     )
     parser.add_argument("--arms", nargs="+", help="arms to run (default: all)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -178,10 +178,16 @@ def warm_frame_cache(cfg: Config, records: list, workers: int = 2) -> None:
 def short_video_config(
     args: argparse.Namespace, base: dict[str, Any], arm: list[str], run_dir: Path, seed: int
 ) -> Config:
-    """``base`` (a pinned config dict) with the backbone, the two learning rates, the step
-    budget, the seed, the arm's overrides and the user's ``--set`` overrides."""
+    """``base`` (a pinned config dict) with the backbone (and frames at its input size), the two
+    learning rates, the step budget, the seed, the arm's overrides and the user's ``--set``
+    overrides."""
     data = copy.deepcopy(base)
-    data.setdefault("model", {})["backbone"] = backbone_section(args)
+    backbone = backbone_section(args)
+    data.setdefault("model", {})["backbone"] = backbone
+    # The frames are made at the backbone's input size (48 px for the pretrained tiny CLIP).
+    size = backbone.get("arch", {}).get("image_size")
+    if size is not None:
+        data.setdefault("data", {})["image_size"] = size
     overrides = [
         f"optim.lr_new={args.lr_new}",
         f"optim.lr_backbone={args.lr_new * args.backbone_fraction}",

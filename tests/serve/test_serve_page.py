@@ -148,7 +148,7 @@ def test_search_page_results_and_player(server):
             assert first.locator(".name").inner_text() == LONG_NAME
             assert first.locator(".badge").inner_text() == "0:04–0:08"
             assert first.locator(".moments .moment").count() >= 1
-            # Thumbnails: decoded from the files at 320x180 (not the model's 32 px squares) and
+            # Thumbnails: decoded from the files at 320x180 (not the model's 48 px squares) and
             # shown whole in a 16:9 box.
             page.wait_for_function(
                 "() => [...document.querySelectorAll('img.thumb')]"

@@ -1,6 +1,6 @@
 """What the server sends besides JSON: readable thumbnails (cached) and id checks.
 
-The catalog's own thumbnails are made at the model's input size (32 px squares for the demo
+The catalog's own thumbnails are made at the model's input size (48 px squares for the demo
 model). The page asks for :func:`~vtrkit.index.build.thumbnails.frame_thumbnail` images instead:
 the middle frame of a window decoded from the video file, at most 320 px wide at the video's
 own aspect ratio. They are made on first request and kept in an LRU cache; when the file is gone
